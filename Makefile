@@ -1,0 +1,51 @@
+# Thin aliases: every target is one line calling a Python entry point (see README.md).
+PY := .venv/bin/python
+STAMP := .venv/.groundcache-installed
+DATASET ?= synthetic
+MODEL ?= span
+ARGS ?=
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import
+
+setup: $(STAMP)
+
+# One venv with exact pins (requirements.lock); torch/torchvision come from this machine's wheel store.
+$(STAMP): requirements.lock pyproject.toml
+	python3 -m venv .venv && .venv/bin/pip install -q -r requirements.lock && .venv/bin/pip install -q --no-deps --no-build-isolation -e . && touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ground demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check cache_schema extract ground tests
+
+extract: $(STAMP)
+	$(PY) -m extract --config extract/configs/$(DATASET).yaml $(ARGS)
+
+train: $(STAMP)
+	$(PY) -m ground fit --data ground/configs/data/$(DATASET).yaml --model ground/configs/model/$(MODEL).yaml $(ARGS)
+
+data: $(STAMP)
+	$(PY) -m extract.datasets info $(DATASET)
+
+zoo: $(STAMP)
+	$(PY) -m ground zoo $(ARGS)
+
+serve: $(STAMP)
+	$(PY) -m ground serve $(ARGS)
+
+bench-cache: $(STAMP)
+	$(PY) -m cache_schema.bench $(ARGS)
+
+bench-extract: $(STAMP)
+	$(PY) -m extract.bench $(ARGS)
+
+bench-train: $(STAMP)
+	$(PY) -m ground.bench $(ARGS)
+
+bench-import: $(STAMP)
+	$(PY) -m extract.bench_import $(ARGS)

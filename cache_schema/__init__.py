@@ -1,0 +1,27 @@
+"""groundcache's cache contract: the versioned on-disk layout shared by `extract` and `ground`."""
+
+from cache_schema.spec import (
+    SCHEMA_VERSION,
+    EncoderSpec,
+    QueryItem,
+    SchemaError,
+    SchemaVersionError,
+    VideoItem,
+)
+from cache_schema.store import CacheReader, CacheWriter, SplitArrays, VideoMeta
+from cache_schema.validate import inspect, validate
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CacheReader",
+    "CacheWriter",
+    "EncoderSpec",
+    "QueryItem",
+    "SchemaError",
+    "SchemaVersionError",
+    "SplitArrays",
+    "VideoItem",
+    "VideoMeta",
+    "inspect",
+    "validate",
+]

@@ -1,0 +1,166 @@
+"""The cache contract: schema version, encoder specs and the records stored per video and query.
+
+Everything here is plain Python + numpy (no torch), so both stages and third-party tools can
+import it. The on-disk layout that stores these records is described in docs/cache_schema.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0.0"
+"""Semantic version of the on-disk layout. Readers accept any cache with the same major."""
+
+Modality = Literal["video", "text"]
+MODALITIES: tuple[Modality, ...] = ("video", "text")
+FeatureDtype = Literal["float16", "float32", "bfloat16"]
+Split = str
+"""Split names are free text ("train", "val", "test", "val_1", ...), validated as non-empty."""
+
+
+class SchemaError(ValueError):
+    """A record or a cache breaks the cache contract. The message names the offending item."""
+
+
+class SchemaVersionError(SchemaError):
+    """A cache was written with a major schema version this reader does not know."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything a reader needs to know about one encoder's features.
+
+    Video encoders fill ``stride_sec``, ``frames_per_feature`` and ``input_size``; text encoders
+    fill ``tokenizer`` and ``max_tokens``. The spec is written verbatim into the cache metadata.
+    """
+
+    name: str
+    """Registry name, unique per modality within a cache (e.g. ``clip_vit_b32``)."""
+    modality: Modality
+    dim: int
+    """Feature dimension D of ``features`` / ``tokens`` / ``pooled``."""
+    dtype: FeatureDtype = "float16"
+    """Storage dtype of the features."""
+    weights_id: str = ""
+    """Where the weights came from: hub name + tag, a local path, or ``none`` for random init."""
+    library: str = ""
+    """Library that ran the encoder (``open_clip 3.3.0``, ``transformers 5.23.0``, ``torch``)."""
+    normalized: bool = False
+    """Whether features were L2-normalized before storage."""
+    stride_sec: float | None = None
+    """Video: seconds between consecutive features (1 / fps)."""
+    frames_per_feature: int | None = None
+    """Video: frames fed to the encoder per feature (1 for image encoders, 16 for C3D)."""
+    input_size: int | None = None
+    """Video: side of the square model input in pixels."""
+    tokenizer: str | None = None
+    """Text: tokenizer identifier."""
+    max_tokens: int | None = None
+    """Text: context length; longer queries are truncated by the tokenizer and reported."""
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise SchemaError(f"encoder name {self.name!r} must be non-empty and contain no '/'")
+        if self.modality not in MODALITIES:
+            raise SchemaError(f"encoder {self.name!r}: modality {self.modality!r} not in {MODALITIES}")
+        if self.dim <= 0:
+            raise SchemaError(f"encoder {self.name!r}: dim must be positive, got {self.dim}")
+        if self.dtype not in ("float16", "float32", "bfloat16"):
+            raise SchemaError(f"encoder {self.name!r}: dtype {self.dtype!r} is not supported")
+        if self.modality == "video" and (self.stride_sec is None or self.stride_sec <= 0):
+            raise SchemaError(f"video encoder {self.name!r} needs a positive stride_sec")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SchemaError(f"encoder spec has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        # bfloat16 has no numpy dtype: stored as float32 on disk, recorded as bf16 for provenance.
+        return np.dtype("float32" if self.dtype == "bfloat16" else self.dtype)
+
+
+@dataclass
+class VideoItem:
+    """One video: features per video encoder and the time window of each feature."""
+
+    vid: str
+    duration_sec: float
+    features: dict[str, np.ndarray]
+    """Encoder name -> (T, D) array."""
+    timestamps_sec: dict[str, np.ndarray]
+    """Encoder name -> (T, 2) float64 [start, end) of each feature's window, in seconds."""
+    fps: float = float("nan")
+    """Native frame rate reported by the decoder (NaN when unknown, e.g. imported features)."""
+    n_frames: int = -1
+    """Native frame count (-1 when unknown)."""
+    source: str = ""
+    """Path (or URL) of the source video."""
+
+
+@dataclass
+class QueryItem:
+    """One sentence to ground in one video, with its labels and text features."""
+
+    qid: str
+    vid: str
+    text: str
+    split: Split
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    """Ground-truth [start_sec, end_sec] windows; empty for unlabelled (test) queries."""
+    saliency: np.ndarray | None = None
+    """(n_clips, n_annotators) highlight scores on a grid of ``saliency_clip_sec`` clips."""
+    saliency_clip_sec: float | None = None
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    """Text encoder name -> (L, D) per-token features (padding removed)."""
+    pooled: dict[str, np.ndarray] = field(default_factory=dict)
+    """Text encoder name -> (D,) sentence embedding."""
+
+
+def check_timestamps(item_id: str, ts: np.ndarray, duration_sec: float, atol: float = 1e-3) -> list[str]:
+    """Return every violation of the timestamp invariants for one video encoder's (T, 2) array."""
+    problems: list[str] = []
+    if ts.ndim != 2 or ts.shape[1] != 2 or ts.shape[0] < 1:
+        return [f"video {item_id}: timestamps_sec must be (T>=1, 2), got {ts.shape}"]
+    if not np.all(np.isfinite(ts)):
+        problems.append(f"video {item_id}: timestamps_sec contain NaN/Inf")
+        return problems
+    if np.any(ts[:, 1] <= ts[:, 0]):
+        bad = int(np.argmax(ts[:, 1] <= ts[:, 0]))
+        problems.append(f"video {item_id}: feature {bad} window {ts[bad].tolist()} has end <= start")
+    if ts.shape[0] > 1 and np.any(np.diff(ts[:, 0]) <= 0):
+        bad = int(np.argmax(np.diff(ts[:, 0]) <= 0)) + 1
+        problems.append(f"video {item_id}: timestamps not increasing at feature {bad}")
+    if ts[0, 0] < -atol or ts[-1, 1] > duration_sec + atol:
+        problems.append(
+            f"video {item_id}: timestamps span [{ts[0, 0]:.3f}, {ts[-1, 1]:.3f}] s, "
+            f"outside the duration [0, {duration_sec:.3f}] s"
+        )
+    return problems
+
+
+def check_windows(
+    qid: str, windows: list[tuple[float, float]] | np.ndarray, duration_sec: float, atol: float = 1e-3
+) -> list[str]:
+    """Return every violation of the window invariants: finite, start < end, inside [0, duration]."""
+    problems = []
+    for start, end in np.asarray(windows, dtype=np.float64).reshape(-1, 2):
+        if not (math.isfinite(start) and math.isfinite(end)):
+            problems.append(f"query {qid}: window [{start}, {end}] is not finite")
+        elif start >= end:
+            problems.append(f"query {qid}: window [{start}, {end}] has start >= end")
+        elif start < -atol or end > duration_sec + atol:
+            problems.append(f"query {qid}: window [{start}, {end}] is outside [0, {duration_sec}] s")
+    return problems

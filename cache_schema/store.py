@@ -1,0 +1,708 @@
+"""Writer and reader of a groundcache store (HDF5 file or Zarr directory, same layout).
+
+Layout (see docs/cache_schema.md for the full contract)::
+
+    attrs: schema_version, dataset, created, encoders {video: {name: spec}, text: {name: spec}},
+           manifest {videos: N, queries: M}          <- the commit point
+    videos/meta, videos/meta_offsets                 JSON record per video (vid, duration_sec, ...)
+    videos/offsets/<enc>                             (N, 2) row range of each video in video/<enc>/*
+    video/<enc>/features      (sum T, D)             packed along T, all videos back to back
+    video/<enc>/timestamps    (sum T, 2) float64     [start, end) seconds of each feature
+    queries/meta, queries/meta_offsets               JSON record per query (qid, vid, text, split, ...)
+    queries/offsets/<enc>                            (M, 2) row range of each query in text/<enc>/tokens
+    text/<enc>/tokens         (sum L, D)
+    text/<enc>/pooled         (M, D)
+
+Commit protocol: an item's rows are written past the committed end of every array, flushed,
+and only then is the manifest count raised (and flushed). Readers never look past the manifest,
+so a killed writer leaves nothing that reads as complete; reopening for writing truncates the
+uncommitted tail and carries on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cache_schema.backends import Store
+from cache_schema.spec import (
+    SCHEMA_VERSION,
+    EncoderSpec,
+    QueryItem,
+    SchemaError,
+    SchemaVersionError,
+    VideoItem,
+    check_timestamps,
+    check_windows,
+)
+
+WriteMode = Literal["resume", "overwrite", "create"]
+
+
+def _encode_json(record: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(record, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+
+
+def _decode_json(blob: np.ndarray, offsets: np.ndarray) -> list[dict]:
+    raw = blob.tobytes()
+    return [json.loads(raw[start:stop]) for start, stop in offsets]
+
+
+def encoder_table(encoders: Iterable[EncoderSpec]) -> dict[str, dict[str, dict]]:
+    table: dict[str, dict[str, dict]] = {"video": {}, "text": {}}
+    for spec in encoders:
+        if spec.name in table[spec.modality]:
+            raise SchemaError(f"{spec.modality} encoder {spec.name!r} is listed twice")
+        table[spec.modality][spec.name] = spec.to_dict()
+    return table
+
+
+def check_version(path: str | os.PathLike, found: str | None) -> None:
+    """Refuse a cache whose major schema version differs from ours, naming both versions."""
+    if not found:
+        raise SchemaError(f"{path}: not a groundcache store (no schema_version attribute)")
+    ours, theirs = SCHEMA_VERSION.split(".")[0], str(found).split(".")[0]
+    if ours != theirs:
+        raise SchemaVersionError(
+            f"{path}: cache schema version {found} is not readable by this groundcache "
+            f"(schema {SCHEMA_VERSION}); major versions {theirs} and {ours} differ"
+        )
+
+
+class CacheWriter:
+    """Appends videos and queries to a store, one atomic item (or query batch) at a time.
+
+    Args:
+        path: `.h5` for HDF5 or `.zarr` for Zarr.
+        dataset: dataset name recorded in the metadata.
+        encoders: specs of every encoder whose features will be written.
+        mode: ``resume`` reopens an existing store (its encoders must match) and truncates any
+            uncommitted tail; ``overwrite`` deletes an existing store first; ``create`` refuses
+            an existing path.
+        compression: None (default: embeddings barely compress, see docs/cache_schema.md),
+            ``gzip``/``lzf`` for HDF5, ``zstd``/``lz4`` for Zarr.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        dataset: str,
+        encoders: Sequence[EncoderSpec],
+        mode: WriteMode = "resume",
+        compression: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        exists = self.path.exists()
+        if exists and mode == "create":
+            raise FileExistsError(f"{self.path}: cache already exists (use mode='resume' or 'overwrite')")
+        if exists and mode == "overwrite":
+            _remove_store(self.path)
+            exists = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._store = Store(self.path, "a", compression=compression)
+        table = encoder_table(encoders)
+        if exists and self._store.get_attr("schema_version") is not None:
+            check_version(self.path, self._store.get_attr("schema_version"))
+            if self._store.get_attr("encoders") != table:
+                existing = _describe(self._store.get_attr("encoders"))
+                raise SchemaError(
+                    f"{self.path}: existing cache has encoders {existing}, "
+                    f"this run writes {_describe(table)}; use another path or mode='overwrite'"
+                )
+            self._truncate_uncommitted()
+        else:
+            self._initialize(dataset, table)
+        self.encoders = {m: {n: EncoderSpec.from_dict(d) for n, d in t.items()} for m, t in table.items()}
+        manifest = self._store.get_attr("manifest")
+        self._n_videos, self._n_queries = manifest["videos"], manifest["queries"]
+        # Committed end row of every ragged column, kept in memory so appends never read back.
+        self._ends: dict[str, int] = {}
+        for table_name, count in (("videos", self._n_videos), ("queries", self._n_queries)):
+            for _, offsets in self._ragged_columns(table_name):
+                self._ends[offsets] = int(self._store.read(offsets, count - 1, count)[0, 1]) if count else 0
+        self._video_meta = self._read_meta("videos")
+        self._query_meta = self._read_meta("queries")
+        self._vids = {m["vid"]: m for m in self._video_meta}
+        self._qids = {m["qid"] for m in self._query_meta}
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _initialize(self, dataset: str, table: dict[str, dict[str, dict]]) -> None:
+        s = self._store
+        s.set_attr("schema_version", SCHEMA_VERSION)
+        s.set_attr("dataset", dataset)
+        s.set_attr(
+            "created",
+            {
+                "utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "host": platform.node(),
+                "user": _safe_user(),
+                "groundcache": _package_version(),
+            },
+        )
+        s.set_attr("encoders", table)
+        for table_name in ("videos", "queries"):
+            s.create(f"{table_name}/meta", (), np.uint8)
+            s.create(f"{table_name}/meta_offsets", (2,), np.int64)
+        for name, spec in table["video"].items():
+            dtype = EncoderSpec.from_dict(spec).numpy_dtype
+            s.create(f"videos/offsets/{name}", (2,), np.int64)
+            s.create(f"video/{name}/features", (spec["dim"],), dtype)
+            s.create(f"video/{name}/timestamps", (2,), np.float64)
+        for name, spec in table["text"].items():
+            dtype = EncoderSpec.from_dict(spec).numpy_dtype
+            s.create(f"queries/offsets/{name}", (2,), np.int64)
+            s.create(f"text/{name}/tokens", (spec["dim"],), dtype)
+            s.create(f"text/{name}/pooled", (spec["dim"],), dtype)
+        s.set_attr("manifest", {"videos": 0, "queries": 0})
+        s.flush()
+
+    def _ragged_columns(self, table_name: str) -> list[tuple[str, str]]:
+        """(data array, offsets array) pairs of one table; offsets index rows of data."""
+        kind, feature = ("video", "features") if table_name == "videos" else ("text", "tokens")
+        pairs = [(f"{table_name}/meta", f"{table_name}/meta_offsets")]
+        for name in self._store.get_attr("encoders")[kind]:
+            pairs.append((f"{kind}/{name}/{feature}", f"{table_name}/offsets/{name}"))
+            if kind == "video":
+                pairs.append((f"video/{name}/timestamps", f"videos/offsets/{name}"))
+        return pairs
+
+    def _truncate_uncommitted(self) -> None:
+        s = self._store
+        manifest = s.get_attr("manifest")
+        for table_name, count in (("videos", manifest["videos"]), ("queries", manifest["queries"])):
+            for data, offsets in self._ragged_columns(table_name):
+                end = int(s.read(offsets, count - 1, count)[0, 1]) if count else 0
+                s.resize(offsets, count)
+                s.resize(data, end)
+        for name in s.get_attr("encoders")["text"]:
+            s.resize(f"text/{name}/pooled", manifest["queries"])
+        if s.backend == "zarr":
+            # Temporary files of an interrupted atomic write; never referenced by metadata.
+            for partial in self.path.rglob("*.partial"):
+                partial.unlink(missing_ok=True)
+        s.flush()
+
+    def _read_meta(self, table_name: str) -> list[dict]:
+        offsets = self._store.read(f"{table_name}/meta_offsets")
+        return _decode_json(self._store.read(f"{table_name}/meta"), offsets)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def completed_videos(self) -> set[str]:
+        return set(self._vids)
+
+    @property
+    def completed_queries(self) -> set[str]:
+        return set(self._qids)
+
+    def _append(self, data: str, offsets: str, index: int, rows: np.ndarray) -> int:
+        """Write item `index`'s rows right after item index-1's, record its range; return the start row."""
+        start = self._ends[offsets]
+        self._store.write(data, start, rows)
+        self._store.write(offsets, index, np.array([[start, start + len(rows)]], dtype=np.int64))
+        self._ends[offsets] = start + len(rows)
+        return start
+
+    def _commit(self) -> None:
+        self._store.flush()  # every array of the item is on disk before the manifest says so
+        self._store.set_attr("manifest", {"videos": self._n_videos, "queries": self._n_queries})
+        self._store.flush()
+
+    # -- items ------------------------------------------------------------------------------
+    def add_video(self, item: VideoItem) -> None:
+        """Validate and append one video; it becomes visible to readers when this returns."""
+        problems = self.check_video(item)
+        if problems:
+            raise SchemaError("; ".join(problems))
+        n = self._n_videos
+        for name, spec in self.encoders["video"].items():
+            feats = np.asarray(item.features[name]).astype(spec.numpy_dtype, copy=False)
+            start = self._append(f"video/{name}/features", f"videos/offsets/{name}", n, feats)
+            # timestamps share the features' offsets: row i of one is row i of the other
+            self._store.write(
+                f"video/{name}/timestamps", start, np.asarray(item.timestamps_sec[name], np.float64)
+            )
+        meta = {
+            "vid": item.vid,
+            "duration_sec": float(item.duration_sec),
+            "fps": _json_float(item.fps),
+            "n_frames": int(item.n_frames),
+            "source": str(item.source),
+        }
+        self._append("videos/meta", "videos/meta_offsets", n, _encode_json(meta))
+        self._n_videos += 1
+        self._commit()
+        self._video_meta.append(meta)
+        self._vids[item.vid] = meta
+
+    def check_video(self, item: VideoItem) -> list[str]:
+        """Every way `item` breaks the contract, as messages naming the video."""
+        problems: list[str] = []
+        vid = item.vid
+        if not vid:
+            return ["video with an empty id"]
+        if vid in self._vids:
+            problems.append(f"video {vid}: already in the cache")
+        if not (np.isfinite(item.duration_sec) and item.duration_sec > 0):
+            problems.append(f"video {vid}: duration_sec must be positive, got {item.duration_sec}")
+            return problems
+        for name, spec in self.encoders["video"].items():
+            if name not in item.features or name not in item.timestamps_sec:
+                problems.append(f"video {vid}: no features/timestamps for encoder {name!r}")
+                continue
+            feats, ts = np.asarray(item.features[name]), np.asarray(item.timestamps_sec[name])
+            if feats.ndim != 2 or feats.shape[1] != spec.dim:
+                problems.append(
+                    f"video {vid}: encoder {name!r} features have shape {feats.shape}, "
+                    f"the encoder table says (T, {spec.dim})"
+                )
+                continue
+            if ts.shape != (feats.shape[0], 2):
+                problems.append(
+                    f"video {vid}: encoder {name!r} has {feats.shape[0]} features but "
+                    f"timestamps of shape {ts.shape}"
+                )
+                continue
+            if not np.all(np.isfinite(feats)):
+                problems.append(f"video {vid}: encoder {name!r} features contain NaN/Inf")
+            problems += [f"{p} (encoder {name!r})" for p in check_timestamps(vid, ts, item.duration_sec)]
+        extra = set(item.features) - set(self.encoders["video"])
+        if extra:
+            problems.append(
+                f"video {vid}: encoders {sorted(extra)} are not in the cache's encoder table "
+                f"{sorted(self.encoders['video'])}"
+            )
+        return problems
+
+    def add_queries(self, items: Sequence[QueryItem]) -> None:
+        """Validate and append queries (their videos must be committed); atomic as a batch."""
+        problems = [p for item in items for p in self.check_query(item)]
+        qids = [q.qid for q in items]
+        if len(set(qids)) != len(qids):
+            problems.append(
+                f"queries: duplicate qids in one batch: {sorted({q for q in qids if qids.count(q) > 1})}"
+            )
+        if problems:
+            raise SchemaError("; ".join(problems))
+        for item in items:
+            m = self._n_queries
+            for name, spec in self.encoders["text"].items():
+                tokens = np.asarray(item.tokens[name]).astype(spec.numpy_dtype, copy=False)
+                self._append(f"text/{name}/tokens", f"queries/offsets/{name}", m, tokens)
+                pooled = np.asarray(item.pooled[name]).astype(spec.numpy_dtype, copy=False)
+                self._store.write(f"text/{name}/pooled", m, pooled[None])
+            meta = {
+                "qid": item.qid,
+                "vid": item.vid,
+                "text": item.text,
+                "split": item.split,
+                "windows": [[float(s), float(e)] for s, e in item.windows],
+                "saliency": None if item.saliency is None else np.asarray(item.saliency).tolist(),
+                "saliency_clip_sec": item.saliency_clip_sec,
+            }
+            self._append("queries/meta", "queries/meta_offsets", m, _encode_json(meta))
+            self._n_queries += 1
+            self._query_meta.append(meta)
+        self._commit()
+        self._qids.update(qids)
+
+    def check_query(self, item: QueryItem) -> list[str]:
+        """Every way `item` breaks the contract, as messages naming the query."""
+        qid = item.qid
+        if not qid:
+            return [f"query with an empty id (video {item.vid})"]
+        problems: list[str] = []
+        if qid in self._qids:
+            problems.append(f"query {qid}: already in the cache")
+        if not item.split:
+            problems.append(f"query {qid}: empty split")
+        video = self._vids.get(item.vid)
+        if video is None:
+            problems.append(f"query {qid}: video {item.vid!r} is not in the cache (write the video first)")
+        else:
+            problems += check_windows(qid, item.windows, video["duration_sec"])
+        if item.saliency is not None:
+            sal = np.asarray(item.saliency, dtype=np.float64)
+            if sal.ndim != 2 or not item.saliency_clip_sec or item.saliency_clip_sec <= 0:
+                problems.append(
+                    f"query {qid}: saliency must be (clips, annotators) with a positive "
+                    f"saliency_clip_sec, got shape {sal.shape} and {item.saliency_clip_sec}"
+                )
+            elif not np.all(np.isfinite(sal)):
+                problems.append(f"query {qid}: saliency contains NaN/Inf")
+        for name, spec in self.encoders["text"].items():
+            if name not in item.tokens or name not in item.pooled:
+                problems.append(f"query {qid}: no tokens/pooled for text encoder {name!r}")
+                continue
+            tokens, pooled = np.asarray(item.tokens[name]), np.asarray(item.pooled[name])
+            if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] != spec.dim:
+                problems.append(
+                    f"query {qid}: encoder {name!r} tokens have shape {tokens.shape}, "
+                    f"the encoder table says (L>=1, {spec.dim})"
+                )
+            elif pooled.shape != (spec.dim,):
+                problems.append(
+                    f"query {qid}: encoder {name!r} pooled has shape {pooled.shape}, expected ({spec.dim},)"
+                )
+            elif not (np.all(np.isfinite(tokens)) and np.all(np.isfinite(pooled))):
+                problems.append(f"query {qid}: encoder {name!r} text features contain NaN/Inf")
+        return problems
+
+    def close(self) -> None:
+        """Trim the spare capacity of every array to the committed rows, then close."""
+        if self._store.mode == "a" and not getattr(self, "_closed", False):
+            self._truncate_uncommitted()
+            self._closed = True
+        self._store.close()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class VideoMeta:
+    vid: str
+    duration_sec: float
+    fps: float | None
+    """None when unknown (e.g. imported features)."""
+    n_frames: int
+    source: str
+
+
+@dataclass
+class SplitArrays:
+    """A whole split as dense padded numpy arrays (Q queries over V videos).
+
+    Video arrays are per video (shared by its queries through ``video_index``); padding is 0 for
+    features and timestamps, NaN for saliency.
+    """
+
+    qids: list[str]
+    vids: list[str]
+    """Per video (V)."""
+    texts: list[str]
+    video_index: np.ndarray
+    """(Q,) int64 index into the video arrays."""
+    video: np.ndarray
+    """(V, T, Dv) the chosen video encoders concatenated along D, in the order given."""
+    video_lengths: np.ndarray
+    """(V,) int64 number of real features per video."""
+    timestamps_sec: np.ndarray
+    """(V, T, 2) float64."""
+    duration_sec: np.ndarray
+    """(V,) float64."""
+    tokens: np.ndarray
+    """(Q, L, Dt)."""
+    token_lengths: np.ndarray
+    """(Q,) int64."""
+    pooled: np.ndarray
+    """(Q, Dt)."""
+    windows: np.ndarray
+    """(Q, W, 2) float64 seconds."""
+    window_counts: np.ndarray
+    """(Q,) int64 (0 for unlabelled queries)."""
+    saliency: np.ndarray | None
+    """(Q, C, A) float32 on each query's saliency grid, NaN padded; None when no query has saliency."""
+    saliency_clip_sec: np.ndarray
+    """(Q,) float64, NaN where a query has no saliency."""
+
+
+class CacheReader:
+    """Lazy random access to a committed store by id, plus `load_split` for training."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such cache")
+        self._store = Store(self.path, "r")
+        s = self._store
+        self.schema_version: str = s.get_attr("schema_version")
+        check_version(self.path, self.schema_version)
+        self.dataset: str = s.get_attr("dataset")
+        self.created: dict = s.get_attr("created")
+        table = s.get_attr("encoders")
+        self.video_encoders = {n: EncoderSpec.from_dict(d) for n, d in table["video"].items()}
+        self.text_encoders = {n: EncoderSpec.from_dict(d) for n, d in table["text"].items()}
+        manifest = s.get_attr("manifest")
+        self.n_videos, self.n_queries = manifest["videos"], manifest["queries"]
+        # Only the committed prefix of every array is ever read.
+        self._video_meta = _decode_json(
+            s.read("videos/meta"), s.read("videos/meta_offsets", 0, self.n_videos)
+        )
+        self._query_meta = _decode_json(
+            s.read("queries/meta"), s.read("queries/meta_offsets", 0, self.n_queries)
+        )
+        self._video_rows = {m["vid"]: i for i, m in enumerate(self._video_meta)}
+        self._query_rows = {m["qid"]: i for i, m in enumerate(self._query_meta)}
+        self._video_offsets = {
+            n: s.read(f"videos/offsets/{n}", 0, self.n_videos) for n in self.video_encoders
+        }
+        self._query_offsets = {
+            n: s.read(f"queries/offsets/{n}", 0, self.n_queries) for n in self.text_encoders
+        }
+
+    # -- ids and metadata -----------------------------------------------------------------
+    @property
+    def video_ids(self) -> list[str]:
+        return [m["vid"] for m in self._video_meta]
+
+    @property
+    def query_ids(self) -> list[str]:
+        return [m["qid"] for m in self._query_meta]
+
+    def splits(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for m in self._query_meta:
+            counts[m["split"]] = counts.get(m["split"], 0) + 1
+        return counts
+
+    def _video_row(self, vid: str) -> int:
+        try:
+            return self._video_rows[vid]
+        except KeyError:
+            raise KeyError(f"{self.path}: video {vid!r} is not in the cache") from None
+
+    def _query_row(self, qid: str) -> int:
+        try:
+            return self._query_rows[qid]
+        except KeyError:
+            raise KeyError(f"{self.path}: query {qid!r} is not in the cache") from None
+
+    def _video_encoder(self, name: str) -> EncoderSpec:
+        if name not in self.video_encoders:
+            raise KeyError(
+                f"{self.path}: no video encoder {name!r}; the cache has {sorted(self.video_encoders)}"
+            )
+        return self.video_encoders[name]
+
+    def _text_encoder(self, name: str) -> EncoderSpec:
+        if name not in self.text_encoders:
+            raise KeyError(
+                f"{self.path}: no text encoder {name!r}; the cache has {sorted(self.text_encoders)}"
+            )
+        return self.text_encoders[name]
+
+    def video_meta(self, vid: str) -> VideoMeta:
+        return VideoMeta(**self._video_meta[self._video_row(vid)])
+
+    def video_features(self, vid: str, encoder: str) -> np.ndarray:
+        """(T, D) features of one video."""
+        self._video_encoder(encoder)
+        start, stop = self._video_offsets[encoder][self._video_row(vid)]
+        return self._store.read(f"video/{encoder}/features", start, stop)
+
+    def video_timestamps(self, vid: str, encoder: str) -> np.ndarray:
+        """(T, 2) [start, end) seconds of each feature of one video."""
+        self._video_encoder(encoder)
+        start, stop = self._video_offsets[encoder][self._video_row(vid)]
+        return self._store.read(f"video/{encoder}/timestamps", start, stop)
+
+    def video(self, vid: str) -> VideoItem:
+        meta = self.video_meta(vid)
+        return VideoItem(
+            vid=vid,
+            duration_sec=meta.duration_sec,
+            fps=meta.fps,
+            n_frames=meta.n_frames,
+            source=meta.source,
+            features={n: self.video_features(vid, n) for n in self.video_encoders},
+            timestamps_sec={n: self.video_timestamps(vid, n) for n in self.video_encoders},
+        )
+
+    def _query_item(self, meta: dict) -> QueryItem:
+        return QueryItem(
+            qid=meta["qid"],
+            vid=meta["vid"],
+            text=meta["text"],
+            split=meta["split"],
+            windows=[(s, e) for s, e in meta["windows"]],
+            saliency=None if meta["saliency"] is None else np.asarray(meta["saliency"], dtype=np.float32),
+            saliency_clip_sec=meta["saliency_clip_sec"],
+        )
+
+    def query(self, qid: str, *, features: bool = True) -> QueryItem:
+        """One query; with ``features`` its tokens and pooled embedding for every text encoder."""
+        item = self._query_item(self._query_meta[self._query_row(qid)])
+        if features:
+            item.tokens = {n: self.query_tokens(qid, n) for n in self.text_encoders}
+            item.pooled = {n: self.query_pooled(qid, n) for n in self.text_encoders}
+        return item
+
+    def query_tokens(self, qid: str, encoder: str) -> np.ndarray:
+        """(L, D) token features of one query."""
+        self._text_encoder(encoder)
+        start, stop = self._query_offsets[encoder][self._query_row(qid)]
+        return self._store.read(f"text/{encoder}/tokens", start, stop)
+
+    def query_pooled(self, qid: str, encoder: str) -> np.ndarray:
+        self._text_encoder(encoder)
+        row = self._query_row(qid)
+        return self._store.read(f"text/{encoder}/pooled", row, row + 1)[0]
+
+    def queries(self, split: str | None = None) -> list[QueryItem]:
+        """Query records (without features), optionally of one split."""
+        return [self._query_item(m) for m in self._query_meta if split is None or m["split"] == split]
+
+    def size_on_disk(self) -> int:
+        return self._store.size_on_disk()
+
+    # -- the training fast path -----------------------------------------------------------
+    def load_split(self, split: str, video_encoders: Sequence[str], text_encoder: str) -> SplitArrays:
+        """Load every query of `split` and its videos as dense padded arrays, in a few large reads.
+
+        Several video encoders are concatenated along D; their timestamps must agree per video.
+        """
+        if not video_encoders:
+            raise ValueError("load_split needs at least one video encoder")
+        specs = [self._video_encoder(n) for n in video_encoders]
+        text_spec = self._text_encoder(text_encoder)
+        qrows = [i for i, m in enumerate(self._query_meta) if m["split"] == split]
+        if not qrows:
+            raise SchemaError(f"{self.path}: split {split!r} has no queries; splits: {self.splits()}")
+        qmeta = [self._query_meta[i] for i in qrows]
+        vids = list(dict.fromkeys(m["vid"] for m in qmeta))
+        vrows = np.array([self._video_row(v) for v in vids], dtype=np.int64)
+        video_pos = {v: i for i, v in enumerate(vids)}
+
+        # Lengths and timestamps; every encoder must cut the video into the same windows.
+        ranges = {n: self._video_offsets[n][vrows] for n in video_encoders}
+        first = video_encoders[0]
+        lengths = ranges[first][:, 1] - ranges[first][:, 0]
+        ts_all = {n: _gather_rows(self._store, f"video/{n}/timestamps", ranges[n]) for n in video_encoders}
+        for name in video_encoders[1:]:
+            other = ranges[name][:, 1] - ranges[name][:, 0]
+            for i in np.flatnonzero(other != lengths):
+                raise SchemaError(
+                    f"video {vids[i]}: encoder {name!r} has {other[i]} features, "
+                    f"{first!r} has {lengths[i]}; their timestamps must agree to concatenate"
+                )
+            for i, (a, b) in enumerate(zip(ts_all[first], ts_all[name], strict=True)):
+                if not np.allclose(a, b, atol=1e-4):
+                    raise SchemaError(
+                        f"video {vids[i]}: timestamps of encoders {first!r} and {name!r} disagree"
+                    )
+        t_max = int(lengths.max())
+        dtype = np.result_type(*[s.numpy_dtype for s in specs])
+        video = np.zeros((len(vids), t_max, sum(s.dim for s in specs)), dtype=dtype)
+        col = 0
+        for name, spec in zip(video_encoders, specs, strict=True):
+            for i, feats in enumerate(_gather_rows(self._store, f"video/{name}/features", ranges[name])):
+                video[i, : len(feats), col : col + spec.dim] = feats
+            col += spec.dim
+        timestamps = np.zeros((len(vids), t_max, 2), dtype=np.float64)
+        for i, ts in enumerate(ts_all[first]):
+            timestamps[i, : len(ts)] = ts
+
+        qrows_arr = np.asarray(qrows, dtype=np.int64)
+        tranges = self._query_offsets[text_encoder][qrows_arr]
+        token_lengths = tranges[:, 1] - tranges[:, 0]
+        tokens = np.zeros((len(qrows), int(token_lengths.max()), text_spec.dim), dtype=text_spec.numpy_dtype)
+        for i, tok in enumerate(_gather_rows(self._store, f"text/{text_encoder}/tokens", tranges)):
+            tokens[i, : len(tok)] = tok
+        pooled_all = self._store.read(f"text/{text_encoder}/pooled", 0, self.n_queries)
+        pooled = pooled_all[qrows_arr]
+
+        window_counts = np.array([len(m["windows"]) for m in qmeta], dtype=np.int64)
+        windows = np.zeros((len(qmeta), max(1, int(window_counts.max())), 2), dtype=np.float64)
+        for i, m in enumerate(qmeta):
+            if m["windows"]:
+                windows[i, : len(m["windows"])] = m["windows"]
+        saliency, clip_sec = _pad_saliency(qmeta)
+        return SplitArrays(
+            qids=[m["qid"] for m in qmeta],
+            vids=vids,
+            texts=[m["text"] for m in qmeta],
+            video_index=np.array([video_pos[m["vid"]] for m in qmeta], dtype=np.int64),
+            video=video,
+            video_lengths=lengths.astype(np.int64),
+            timestamps_sec=timestamps,
+            duration_sec=np.array([self._video_meta[r]["duration_sec"] for r in vrows], dtype=np.float64),
+            tokens=tokens,
+            token_lengths=token_lengths.astype(np.int64),
+            pooled=pooled,
+            windows=windows,
+            window_counts=window_counts,
+            saliency=saliency,
+            saliency_clip_sec=clip_sec,
+        )
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _gather_rows(store: Store, name: str, ranges: np.ndarray) -> list[np.ndarray]:
+    """Rows [start, stop) for each range, read as one contiguous slab covering all of them."""
+    if len(ranges) == 0:
+        return []
+    lo, hi = int(ranges[:, 0].min()), int(ranges[:, 1].max())
+    slab = store.read(name, lo, hi)
+    return [slab[start - lo : stop - lo] for start, stop in ranges]
+
+
+def _pad_saliency(qmeta: list[dict]) -> tuple[np.ndarray | None, np.ndarray]:
+    clip_sec = np.array([m["saliency_clip_sec"] if m["saliency"] is not None else np.nan for m in qmeta])
+    labelled = [np.asarray(m["saliency"], dtype=np.float32) for m in qmeta if m["saliency"] is not None]
+    if not labelled:
+        return None, clip_sec
+    clips = max(s.shape[0] for s in labelled)
+    annotators = max(s.shape[1] for s in labelled)
+    out = np.full((len(qmeta), clips, annotators), np.nan, dtype=np.float32)
+    for i, m in enumerate(qmeta):
+        if m["saliency"] is not None:
+            sal = np.asarray(m["saliency"], dtype=np.float32)
+            out[i, : sal.shape[0], : sal.shape[1]] = sal
+    return out, clip_sec
+
+
+def _remove_store(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _describe(table: dict | None) -> str:
+    if not table:
+        return "none"
+    return ", ".join(f"{m}:{n}({d['dim']})" for m in ("video", "text") for n, d in table.get(m, {}).items())
+
+
+def _json_float(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _safe_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("groundcache")
+    except PackageNotFoundError:
+        return "source"

@@ -1,0 +1,28 @@
+"""Suite-wide settings: never touch a model hub, keep torch on the machine's two cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The real annotation files: ../shared/data beside the repo, or $GROUNDCACHE_SHARED_DATA."""
+    return Path(os.environ.get("GROUNDCACHE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(params=["hdf5", "zarr"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def cache_path(tmp_path: Path, backend: str) -> Path:
+    return tmp_path / ("cache.h5" if backend == "hdf5" else "cache.zarr")
