@@ -1,0 +1,3 @@
+from extract.datasets.cli import main
+
+raise SystemExit(main())
