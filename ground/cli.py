@@ -1,0 +1,181 @@
+"""`python -m ground`: fit / validate / test / predict on LightningCLI, plus eval and demo.
+
+    python -m ground fit --data ground/configs/data/synthetic.yaml --model ground/configs/model/span.yaml
+    python -m ground test --data ... --model ... --ckpt_path runs/synthetic/span/checkpoints/best.ckpt
+    python -m ground predict --data ... --model ... --ckpt_path ... --out predictions.jsonl
+    python -m ground eval --submission PRED.jsonl --gt GT.jsonl [--out metrics.json]
+    python -m ground demo
+
+Feature dims are linked from the data module (the cache's encoder table) into the model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from ground.data import GroundingDataModule
+from ground.module import GroundingModule
+
+MONITOR = "val/MR-full-R1@0.5"
+
+
+class GroundCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")
+        parser.link_arguments("data.text_dim", "model.text_dim", apply_on="instantiate")
+        parser.add_argument(
+            "--run_dir", default="runs", help="logs and checkpoints go to RUN_DIR/<dataset>/<model>"
+        )
+        parser.add_argument("--out", default=None, help="predict: where to write predictions (jsonl)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        dataset = Path(config.data.cache).parent.name or "cache"
+        trainer = config.trainer
+        if trainer.default_root_dir is None:
+            trainer.default_root_dir = str(Path(config.run_dir) / dataset / config.model.name)
+        root = Path(trainer.default_root_dir)
+        if trainer.precision is None:
+            trainer.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+        if trainer.logger is None or trainer.logger is True:
+            self._loggers = [CSVLogger(str(root), name="logs"), TensorBoardLogger(str(root), name="tb")]
+        else:
+            self._loggers = None
+
+    def instantiate_trainer(self, **kwargs):
+        if getattr(self, "_loggers", None):
+            kwargs["logger"] = self._loggers
+        config = self.config[self.subcommand]
+        if config.trainer.enable_progress_bar is not False:
+            kwargs.setdefault("callbacks", []).append(RichProgressBar())
+        if self.subcommand == "predict":
+            self._collector = CollectPredictions()
+            kwargs.setdefault("callbacks", []).append(self._collector)
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback  # the first one: best by MONITOR
+        print(f"best checkpoint: {callback.best_model_path if callback else '(none)'}")
+
+    def after_predict(self) -> None:
+        out = Path(self.config.predict.get("out") or "predictions.jsonl")
+        write_predictions(out, self._collector.rows, self.datamodule)
+        print(f"wrote {len(self._collector.rows)} predictions to {out}")
+
+
+def _trainer_defaults() -> dict:
+    return {
+        "gradient_clip_val": 1.0,
+        "log_every_n_steps": 10,
+        "callbacks": [
+            ModelCheckpoint(
+                monitor=MONITOR,
+                mode="max",
+                auto_insert_metric_name=False,
+                filename="best-epoch{epoch:03d}-r1iou05-{val/MR-full-R1@0.5:.2f}",
+            ),
+            # Without a monitor the newest checkpoint replaces the previous one: last.ckpt, for resuming.
+            ModelCheckpoint(filename="last", enable_version_counter=False),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+    }
+
+
+class CollectPredictions(Callback):
+    """Keeps every predict batch's rows so `after_predict` can write one submission file."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.rows.extend(outputs)
+
+
+def run_lightning(argv: list[str]) -> int:
+    GroundCLI(
+        GroundingModule,
+        GroundingDataModule,
+        args=argv,
+        trainer_defaults=_trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        parser_kwargs={"default_env": False},
+    )
+    return 0
+
+
+def write_predictions(path: Path, rows: list[dict], datamodule: GroundingDataModule) -> None:
+    """Write predictions in the QVHighlights submission format (one JSON object per line).
+
+    Integer-looking qids are written as ints, as the official files have them; per-feature
+    saliency is resampled to the official 2-s clips (mean of the features inside each clip).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            out = {
+                "qid": int(row["qid"]) if str(row["qid"]).isdigit() else row["qid"],
+                "query": None,
+                "vid": row["vid"],
+                "pred_relevant_windows": row["pred_relevant_windows"],
+            }
+            if "pred_saliency_per_feature" in row:
+                out["pred_saliency_scores"] = saliency_per_clip(
+                    row["pred_saliency_per_feature"], row["feature_timestamps"], clip_sec=2.0
+                )
+            if "presence" in row:
+                out["presence"] = row["presence"]
+            split = datamodule.load(datamodule.hparams.predict_split)
+            out["query"] = split.texts[split.qids.index(row["qid"])] if out["query"] is None else out["query"]
+            f.write(json.dumps(out) + "\n")
+
+
+def saliency_per_clip(
+    per_feature: list[float], timestamps: list[list[float]], clip_sec: float
+) -> list[float]:
+    """Average per-feature scores into clips of `clip_sec` seconds (by feature centre)."""
+    import numpy as np
+
+    ts = np.asarray(timestamps, dtype=np.float64)
+    scores = np.asarray(per_feature, dtype=np.float64)
+    clip = np.floor(ts.mean(axis=1) / clip_sec).astype(int)
+    n = int(np.ceil(ts[-1, 1] / clip_sec - 1e-9))
+    sums = np.bincount(clip, weights=scores, minlength=n)[:n]
+    counts = np.bincount(clip, minlength=n)[:n]
+    filled = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    # A clip with no feature centre inside (features sparser than clips) takes its nearest feature.
+    if np.isnan(filled).any():
+        centres = (np.arange(n) + 0.5) * clip_sec
+        nearest = np.abs(ts.mean(axis=1)[None, :] - centres[:, None]).argmin(axis=1)
+        filled = np.where(np.isnan(filled), scores[nearest], filled)
+    return [round(float(x), 6) for x in filled]
+
+
+def _eval(argv: list[str]) -> int:
+    from ground.evaluate import main as eval_main
+
+    return eval_main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from ground.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"eval": _eval, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return run_lightning(argv)

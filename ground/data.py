@@ -1,0 +1,388 @@
+"""Training data straight from a cache: whole splits as tensors, batches gathered by index.
+
+A split is loaded once with `CacheReader.load_split` (a few large reads) and kept as padded
+tensors (on the GPU when training there). A batch is a vectorized gather of query indices: no
+per-sample Python in the hot loop. Long videos are trained on random crops that contain the
+target window (`max_train_clips`); evaluation sees whole videos (the module slides a window
+over very long ones, see `ground.module`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cache_schema import CacheReader, EncoderSpec, SplitArrays
+
+log = logging.getLogger(__name__)
+
+WindowPolicy = Literal["clip", "error"]
+
+
+@dataclass
+class SplitTensors:
+    """One split as padded tensors (Q queries, V videos, T clips, L tokens, W windows)."""
+
+    video: Tensor  # (V, T, Dv) stored dtype (float16 by default)
+    video_lengths: Tensor  # (V,)
+    timestamps: Tensor  # (V, T, 2) float32 seconds
+    duration: Tensor  # (V,)
+    video_index: Tensor  # (Q,)
+    tokens: Tensor  # (Q, L, Dt)
+    token_lengths: Tensor  # (Q,)
+    pooled: Tensor  # (Q, Dt)
+    windows: Tensor  # (Q, W, 2) seconds
+    window_counts: Tensor  # (Q,)
+    saliency: Tensor  # (Q, T) mean annotator score of the clip under each feature, 0 where unknown
+    saliency_mask: Tensor  # (Q, T) bool
+    qids: list[str]
+    vids: list[str]  # per query
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    def to(self, device: torch.device | str) -> SplitTensors:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, Tensor):
+                moved[name] = value.to(device)
+        return SplitTensors(**moved)
+
+    @classmethod
+    def from_arrays(cls, arrays: SplitArrays, *, split: str, policy: WindowPolicy = "clip") -> SplitTensors:
+        """Convert `load_split` output, checking windows against the features' time span."""
+        video_index = torch.from_numpy(arrays.video_index)
+        lengths = arrays.video_lengths
+        # The features' last window end: ground truth past it cannot be predicted.
+        feature_end = arrays.timestamps_sec[np.arange(len(lengths)), lengths - 1, 1][
+            arrays.video_index
+        ]  # (Q,)
+        windows = arrays.windows.copy()
+        real = np.arange(windows.shape[1])[None, :] < arrays.window_counts[:, None]
+        past = real & (windows[:, :, 1] > feature_end[:, None] + 1e-3)
+        if past.any():
+            bad = [arrays.qids[i] for i in np.flatnonzero(past.any(axis=1))]
+            message = (
+                f"split {split!r}: {len(bad)} queries have windows past the end of their video's "
+                f"features (e.g. {bad[:5]})"
+            )
+            if policy == "error":
+                raise ValueError(message)
+            log.warning("%s; clipped to the features' end", message)
+            windows[:, :, 1] = np.where(past, feature_end[:, None], windows[:, :, 1])
+        saliency, saliency_mask = _saliency_per_feature(arrays)
+        return cls(
+            video=torch.from_numpy(arrays.video),
+            video_lengths=torch.from_numpy(lengths),
+            timestamps=torch.from_numpy(arrays.timestamps_sec).float(),
+            duration=torch.from_numpy(arrays.duration_sec).float(),
+            video_index=video_index,
+            tokens=torch.from_numpy(arrays.tokens),
+            token_lengths=torch.from_numpy(arrays.token_lengths),
+            pooled=torch.from_numpy(arrays.pooled),
+            windows=torch.from_numpy(windows).float(),
+            window_counts=torch.from_numpy(arrays.window_counts),
+            saliency=torch.from_numpy(saliency),
+            saliency_mask=torch.from_numpy(saliency_mask),
+            qids=arrays.qids,
+            vids=[arrays.vids[i] for i in arrays.video_index],
+            texts=arrays.texts,
+        )
+
+    def gather(
+        self, idx: Tensor, *, max_clips: int | None = None, generator: torch.Generator | None = None
+    ) -> dict:
+        """The batch dict (docs/architecture.md) of queries `idx`, trimmed to the longest member.
+
+        With `max_clips`, videos longer than that are cropped to `max_clips` consecutive clips
+        chosen at random among the crops that contain the first ground-truth window (or as
+        much of it as fits); windows are clipped to the crop.
+        """
+        idx = idx.to(self.video_index.device)
+        vi = self.video_index[idx]  # (B,)
+        lengths = self.video_lengths[vi]  # (B,)
+        t = int(lengths.max())
+        if max_clips is not None and t > max_clips:
+            return self._gather_cropped(idx, vi, lengths, max_clips, generator)
+        arange_t = torch.arange(t, device=idx.device)
+        token_lengths = self.token_lengths[idx]
+        n_tok = int(token_lengths.max())
+        counts = self.window_counts[idx]
+        return {
+            "video": self.video[vi, :t].float(),  # (B, T, Dv)
+            "video_mask": arange_t[None, :] < lengths[:, None],  # (B, T)
+            "timestamps": self.timestamps[vi, :t],  # (B, T, 2)
+            "duration": self.duration[vi],  # (B,)
+            "text": self.tokens[idx, :n_tok].float(),  # (B, L, Dt)
+            "text_mask": torch.arange(n_tok, device=idx.device)[None, :] < token_lengths[:, None],
+            "text_pooled": self.pooled[idx].float(),  # (B, Dt)
+            "windows": self.windows[idx],  # (B, W, 2)
+            "window_mask": torch.arange(self.windows.shape[1], device=idx.device)[None, :] < counts[:, None],
+            "saliency": self.saliency[idx, :t],  # (B, T)
+            "saliency_mask": self.saliency_mask[idx, :t],
+            "qid": [self.qids[i] for i in idx.tolist()],
+            "vid": [self.vids[i] for i in idx.tolist()],
+        }
+
+    def _gather_cropped(
+        self, idx: Tensor, vi: Tensor, lengths: Tensor, crop: int, generator: torch.Generator | None
+    ) -> dict:
+        device = idx.device
+        ts = self.timestamps[vi]  # (B, Tmax, 2)
+        arange_all = torch.arange(ts.shape[1], device=device)
+        real = arange_all[None, :] < lengths[:, None]
+        first = self.windows[idx, 0]  # (B, 2)
+        # Clip range [s, e] covered by the first window.
+        s = ((ts[:, :, 1] > first[:, :1]) & real).float().argmax(dim=1)
+        e = torch.where(real & (ts[:, :, 0] < first[:, 1:]), arange_all[None, :], -1).amax(dim=1).clamp(min=s)
+        lo = (e - crop + 1).clamp(min=0)
+        hi = torch.minimum(s, (lengths - crop).clamp(min=0))
+        lo = torch.minimum(lo, hi)  # window longer than the crop: start inside it
+        u = torch.rand(len(idx), generator=generator, device="cpu").to(device)
+        start = lo + torch.floor(u * (hi - lo + 1).float()).long().clamp(max=(hi - lo))
+        start = torch.where(lengths > crop, start, torch.zeros_like(start))
+        pos = start[:, None] + torch.arange(crop, device=device)[None, :]  # (B, C)
+        video_mask = pos < lengths[:, None]
+        pos = pos.clamp(max=ts.shape[1] - 1)
+        rows = vi[:, None].expand_as(pos)
+        timestamps = self.timestamps[rows, pos]  # (B, C, 2)
+        crop_lo = timestamps[:, 0, 0]
+        crop_hi = torch.where(video_mask, timestamps[:, :, 1], crop_lo[:, None]).amax(dim=1)
+        windows = self.windows[idx].clone()
+        windows[..., 0] = torch.maximum(windows[..., 0], crop_lo[:, None])
+        windows[..., 1] = torch.minimum(windows[..., 1], crop_hi[:, None])
+        counts = self.window_counts[idx]
+        window_mask = (torch.arange(windows.shape[1], device=device)[None, :] < counts[:, None]) & (
+            windows[..., 1] > windows[..., 0]
+        )
+        token_lengths = self.token_lengths[idx]
+        n_tok = int(token_lengths.max())
+        qrows = idx[:, None].expand_as(pos)
+        return {
+            "video": self.video[rows, pos].float(),
+            "video_mask": video_mask,
+            "timestamps": timestamps,
+            "duration": self.duration[vi],
+            "text": self.tokens[idx, :n_tok].float(),
+            "text_mask": torch.arange(n_tok, device=device)[None, :] < token_lengths[:, None],
+            "text_pooled": self.pooled[idx].float(),
+            "windows": windows,
+            "window_mask": window_mask,
+            "saliency": self.saliency[qrows, pos] * video_mask,
+            "saliency_mask": self.saliency_mask[qrows, pos] & video_mask,
+            "qid": [self.qids[i] for i in idx.tolist()],
+            "vid": [self.vids[i] for i in idx.tolist()],
+        }
+
+
+def _saliency_per_feature(arrays: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
+    """Map each query's clip-grid saliency (mean over annotators) onto its video's features."""
+    q = len(arrays.qids)
+    t = arrays.video.shape[1]
+    out = np.zeros((q, t), dtype=np.float32)
+    mask = np.zeros((q, t), dtype=bool)
+    if arrays.saliency is None:
+        return out, mask
+    labelled = ~np.isnan(arrays.saliency)  # (Q, C, A)
+    counts = labelled.sum(axis=2)
+    mean = np.where(
+        counts > 0, np.where(labelled, arrays.saliency, 0).sum(axis=2) / np.maximum(counts, 1), np.nan
+    )
+    for i in range(q):  # once per split, not per batch
+        clip_sec = arrays.saliency_clip_sec[i]
+        if not np.isfinite(clip_sec):
+            continue
+        v = arrays.video_index[i]
+        n = arrays.video_lengths[v]
+        centres = arrays.timestamps_sec[v, :n].mean(axis=1)
+        clip = np.floor(centres / clip_sec).astype(np.int64)
+        valid = (clip < mean.shape[1]) & ~np.isnan(mean[i, np.minimum(clip, mean.shape[1] - 1)])
+        out[i, :n][valid] = mean[i, clip[valid]]
+        mask[i, :n] = valid
+    return out, mask
+
+
+class _IndexBatches(Dataset):
+    """A dataset whose items are whole batches: `__getitem__(batch_indices)` gathers them at once."""
+
+    def __init__(self, split: SplitTensors, max_clips: int | None, generator: torch.Generator | None) -> None:
+        self.split, self.max_clips, self.generator = split, max_clips, generator
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.split.gather(idx, max_clips=self.max_clips, generator=self.generator)
+
+
+class _BatchIndices(Sampler[list[int]]):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        drop_last: bool = False,
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.generator, self.drop_last = (
+            n,
+            batch_size,
+            shuffle,
+            generator,
+            drop_last,
+        )
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        for i in range(0, self.n, self.batch_size):
+            chunk = order[i : i + self.batch_size]
+            if self.drop_last and len(chunk) < self.batch_size:
+                return
+            yield chunk.tolist()
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+
+class GroundingDataModule(L.LightningDataModule):
+    """Splits of one cache as batches for any grounding network.
+
+    Args:
+        cache: path of the cache (.h5 or .zarr).
+        video_encoders: video encoders to concatenate along D (default: every video encoder of the cache).
+        text_encoder: text encoder (default: the cache's only one; with several, an error lists them).
+        train_split: split trained on.
+        val_split: split validated on (checkpoint selection).
+        test_split: split tested on.
+        predict_split: split `predict` writes predictions for.
+        batch_size: queries per batch.
+        eval_batch_size: queries per batch in validation/test/predict (default: batch_size).
+        max_train_clips: crop training videos longer than this many clips around the target (None: no crop).
+        window_policy: ground truth past the end of the features: "clip" (counted, warned) or "error".
+        device_resident: keep split tensors on the accelerator and gather batches there.
+        seed: seed of shuffling and crops.
+    """
+
+    def __init__(
+        self,
+        cache: str,
+        video_encoders: list[str] | None = None,
+        text_encoder: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        predict_split: str = "test",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        max_train_clips: int | None = None,
+        window_policy: WindowPolicy = "clip",
+        device_resident: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cache = Path(cache)
+        with CacheReader(self.cache) as reader:
+            self.video_specs = self._choose_video(reader, video_encoders)
+            self.text_spec = self._choose_text(reader, text_encoder)
+            self.schema_version = reader.schema_version
+            self.dataset_name = reader.dataset
+        self.splits: dict[str, SplitTensors] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def _choose_video(reader: CacheReader, names: list[str] | None) -> list[EncoderSpec]:
+        if not names:
+            return list(reader.video_encoders.values())
+        missing = [n for n in names if n not in reader.video_encoders]
+        if missing:
+            raise KeyError(
+                f"{reader.path}: video encoders {missing} are not in the cache; it has "
+                f"{sorted(reader.video_encoders)}"
+            )
+        return [reader.video_encoders[n] for n in names]
+
+    @staticmethod
+    def _choose_text(reader: CacheReader, name: str | None) -> EncoderSpec:
+        if name is None:
+            if len(reader.text_encoders) != 1:
+                raise KeyError(f"{reader.path}: choose a text encoder among {sorted(reader.text_encoders)}")
+            return next(iter(reader.text_encoders.values()))
+        if name not in reader.text_encoders:
+            raise KeyError(
+                f"{reader.path}: text encoder {name!r} is not in the cache; it has "
+                f"{sorted(reader.text_encoders)}"
+            )
+        return reader.text_encoders[name]
+
+    @property
+    def video_dim(self) -> int:
+        return sum(s.dim for s in self.video_specs)
+
+    @property
+    def text_dim(self) -> int:
+        return self.text_spec.dim
+
+    def encoder_record(self) -> dict:
+        """What a checkpoint stores about the features it was trained on."""
+        return {
+            "schema_version": self.schema_version,
+            "dataset": self.dataset_name,
+            "video_encoders": [s.to_dict() for s in self.video_specs],
+            "text_encoder": self.text_spec.to_dict(),
+        }
+
+    def load(self, split: str) -> SplitTensors:
+        if split not in self.splits:
+            with CacheReader(self.cache) as reader:
+                arrays = reader.load_split(split, [s.name for s in self.video_specs], self.text_spec.name)
+            tensors = SplitTensors.from_arrays(arrays, split=split, policy=self.hparams.window_policy)
+            device = self._device()
+            if self.hparams.device_resident and device.type != "cpu":
+                tensors = tensors.to(device)
+            self.splits[split] = tensors
+        return self.splits[split]
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        tensors = self.load(split)
+        batch_size = (
+            self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        )
+        dataset = _IndexBatches(
+            tensors, self.hparams.max_train_clips if train else None, self.generator if train else None
+        )
+        sampler = _BatchIndices(
+            len(tensors), batch_size, shuffle=train, generator=self.generator if train else None
+        )
+        # batch_size=None: each sampler item is already a batch of indices, gathered in one call.
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.test_split, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split, train=False)
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}

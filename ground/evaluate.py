@@ -1,0 +1,559 @@
+"""`python -m ground eval`: score a submission file against ground-truth annotations.
+
+Both files are JSON Lines in the QVHighlights formats (one query per line):
+
+* submission: `qid`, `vid` (optional; checked against the ground truth when given),
+  `pred_relevant_windows` `[[start_sec, end_sec, score], ...]` sorted by score, descending, and/or
+  `pred_saliency_scores` (one score per 2-s clip of the video: `int(duration / 2)` of them, or
+  `ceil(duration / 2)` with a score for a trailing partial clip).
+* ground truth: `qid`, `vid`, `duration` (seconds), `relevant_windows` `[[start_sec, end_sec], ...]`,
+  and for highlight detection `relevant_clip_ids` with one `saliency_scores` row (one score 0..4 per
+  annotator) per clip id. The Charades-STA / ActivityNet / TACoS files in this format (as
+  line/lighthouse ships them) have no saliency fields.
+
+Query ids may be ints (QVHighlights) or strings (TACoS). They are compared as given, except that an
+int and its decimal string are the same query (2579 == "2579"; "02579" is another query), so a
+submission written with string ids scores against integer ground truth. Each id must appear once
+in each file, and the two files must hold the same ids.
+
+Protocols:
+
+* `qvhighlights` (default): the official QVHighlights output, numerically identical to moment_detr
+  `standalone_eval/eval.py` (see `ground.metrics`): `{"brief": {...}, "HL-min-Fair": ..., "full": ...}`.
+  Moment metrics are computed when the submission has windows; highlight metrics when it has
+  saliency scores *and* the ground truth has saliency labels (otherwise they are left out and the
+  CLI says so on stderr).
+* `recall`: `ground.metrics.retrieval_metrics` (R1/R5 at IoU 0.1/0.3/0.5/0.7, mIoU, mAP), the usual
+  protocol for Charades-STA, ActivityNet Captions and TACoS.
+
+Malformed input stops with one `SubmissionError` naming the file, line and query id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ground.metrics import (
+    HIGHLIGHT_MIN_SCORES,
+    QVHIGHLIGHTS_LENGTH_BUCKETS,
+    LengthBucket,
+    parse_length_buckets,
+    qvhighlights_highlight_metrics,
+    qvhighlights_moment_metrics,
+    retrieval_metrics,
+)
+
+CLIP_SEC = 2.0  # QVHighlights saliency is labelled per 2-s clip; clip i covers [2i, 2i + 2) s.
+Protocol = Literal["qvhighlights", "recall"]
+PROTOCOLS: tuple[Protocol, ...] = ("qvhighlights", "recall")
+
+
+class SubmissionError(ValueError):
+    """Malformed submission or ground truth; the message names the file, line and query id."""
+
+
+@dataclass(frozen=True)
+class GroundTruthQuery:
+    """One annotated query.
+
+    Attributes:
+        qid: query id as written in the file.
+        vid: video id.
+        duration_sec: video duration in seconds.
+        windows: (M, 2) relevant windows in seconds, M >= 1.
+        saliency: (T, A) annotator scores for each 2-s clip of the video, T = int(duration / 2),
+            0 outside the relevant clips; None when the file has no saliency labels.
+        where: location for error messages, e.g. "gt.jsonl line 12 (qid 2579)".
+    """
+
+    qid: int | str
+    vid: str
+    duration_sec: float
+    windows: np.ndarray
+    saliency: np.ndarray | None
+    where: str
+
+
+@dataclass(frozen=True)
+class SubmittedQuery:
+    """One query of a submission.
+
+    Attributes:
+        qid: query id as written in the file.
+        vid: video id, None when the submission leaves it out.
+        windows: (K, 2) predicted windows in seconds, K >= 1, or None without `pred_relevant_windows`.
+        scores: (K,) window scores, non-increasing, or None.
+        saliency: (T,) predicted clip scores, or None without `pred_saliency_scores`.
+        where: location for error messages.
+    """
+
+    qid: int | str
+    vid: str | None
+    windows: np.ndarray | None
+    scores: np.ndarray | None
+    saliency: np.ndarray | None
+    where: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking
+# ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSON Lines file of objects; row i is line i + 1 (blank lines are errors, not skipped).
+
+    Raises:
+        SubmissionError: naming the file and line of a malformed or non-object line.
+        OSError: when the file cannot be read.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                raise SubmissionError(
+                    f"{path} line {line_no}: blank line (expected one JSON object per line)"
+                )
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SubmissionError(f"{path} line {line_no}: not valid JSON: {err}") from err
+            if not isinstance(row, dict):
+                raise SubmissionError(
+                    f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}"
+                )
+            rows.append(row)
+    if not rows:
+        raise SubmissionError(f"{path}: no queries (empty file)")
+    return rows
+
+
+def qid_key(qid: object) -> str:
+    """Matching key of a query id: ints and their decimal strings are the same query."""
+    if isinstance(qid, bool) or not isinstance(qid, int | str):
+        raise TypeError(f"qid must be an int or a string, got {qid!r} ({type(qid).__name__})")
+    return str(qid)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _location(source: str, index: int, from_file: bool) -> str:
+    return f"{source} line {index + 1}" if from_file else f"{source} row {index}"
+
+
+def _qid_of(row: Mapping[str, Any], where: str) -> int | str:
+    if "qid" not in row:
+        raise SubmissionError(f"{where}: missing 'qid'")
+    try:
+        qid_key(row["qid"])
+    except TypeError as err:
+        raise SubmissionError(f"{where}: {err}") from err
+    return row["qid"]
+
+
+def _windows(value: object, width: int, name: str, where: str) -> np.ndarray:
+    """Check a non-empty list of `width`-number lists and return it as a (N, width) float array."""
+    if not isinstance(value, list) or not value:
+        raise SubmissionError(f"{where}: '{name}' must be a non-empty list, got {value!r:.80}")
+    for i, window in enumerate(value):
+        if not (isinstance(window, list | tuple) and len(window) == width and all(map(_is_number, window))):
+            raise SubmissionError(
+                f"{where}: '{name}'[{i}] must be {width} finite numbers, got {window!r:.80}"
+            )
+    return np.asarray(value, dtype=np.float64).reshape(-1, width)
+
+
+def parse_ground_truth(
+    rows: Sequence[Mapping[str, Any]], source: str = "ground truth", from_file: bool = False
+) -> list[GroundTruthQuery]:
+    """Check ground-truth rows and convert them.
+
+    Args:
+        rows: the parsed JSON objects, one per query.
+        source: name used in error messages (the file path for files).
+        from_file: rows are the lines of `source` (messages say "line N", else "row i").
+
+    Raises:
+        SubmissionError: naming the row and qid of the first problem.
+    """
+    queries = []
+    labelled = None  # whether the file carries saliency labels; must be all rows or none
+    for index, row in enumerate(rows):
+        where = _location(source, index, from_file)
+        if not isinstance(row, Mapping):
+            raise SubmissionError(f"{where}: expected an object, got {type(row).__name__}")
+        qid = _qid_of(row, where)
+        where = f"{where} (qid {qid!r})"
+        vid, duration_sec = row.get("vid"), row.get("duration")
+        if not isinstance(vid, str) or not vid:
+            raise SubmissionError(f"{where}: 'vid' must be a non-empty string, got {vid!r}")
+        if not _is_number(duration_sec) or duration_sec <= 0:
+            raise SubmissionError(
+                f"{where}: 'duration' must be a positive number of seconds, got {duration_sec!r}"
+            )
+        if "relevant_windows" not in row:
+            raise SubmissionError(f"{where}: no 'relevant_windows' (an unlabelled split cannot be scored)")
+        windows = _windows(row["relevant_windows"], 2, "relevant_windows", where)
+        if np.any(windows[:, 0] >= windows[:, 1]):
+            bad = windows[windows[:, 0] >= windows[:, 1]][0].tolist()
+            raise SubmissionError(f"{where}: relevant window {bad} has start >= end")
+        has_saliency = "relevant_clip_ids" in row or "saliency_scores" in row
+        if labelled is None:
+            labelled = has_saliency
+        elif has_saliency != labelled:
+            raise SubmissionError(
+                f"{where}: saliency labels ('relevant_clip_ids', 'saliency_scores') must be on every row or "
+                f"on none; the first row {'has' if labelled else 'has not'} them"
+            )
+        saliency = _saliency_matrix(row, float(duration_sec), where) if has_saliency else None
+        if saliency is not None and queries and queries[0].saliency.shape[1] != saliency.shape[1]:
+            raise SubmissionError(
+                f"{where}: {saliency.shape[1]} annotator scores per clip, the first row has "
+                f"{queries[0].saliency.shape[1]}"
+            )
+        queries.append(GroundTruthQuery(qid, vid, float(duration_sec), windows, saliency, where))
+    return queries
+
+
+def num_clips(duration_sec: float) -> int:
+    """Number of labelled 2-s clips of a video, `int(duration / 2)` as the official evaluation.
+
+    A trailing partial clip (odd duration) has no label and no predicted score.
+    """
+    return int(duration_sec / CLIP_SEC)
+
+
+def saliency_lengths(duration_sec: float) -> tuple[int, ...]:
+    """Accepted lengths of `pred_saliency_scores`: the labelled clips, plus a trailing partial clip.
+
+    A model scoring every 2-s clip of a video of odd duration gives `ceil(duration / 2)` scores; the
+    last clip is unlabelled and the metrics treat it as the official evaluation does (see
+    `ground.metrics.qvhighlights_highlight_metrics`).
+    """
+    full = num_clips(duration_sec)
+    return (full,) if full * CLIP_SEC == duration_sec else (full, full + 1)
+
+
+def _saliency_matrix(row: Mapping[str, Any], duration_sec: float, where: str) -> np.ndarray:
+    """(T, A) annotator scores per clip from `relevant_clip_ids` + `saliency_scores` (0 elsewhere)."""
+    clip_ids, scores = row.get("relevant_clip_ids"), row.get("saliency_scores")
+    total = num_clips(duration_sec)
+    if not isinstance(clip_ids, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in clip_ids
+    ):
+        raise SubmissionError(f"{where}: 'relevant_clip_ids' must be a list of ints, got {clip_ids!r:.80}")
+    if not clip_ids:
+        raise SubmissionError(f"{where}: 'relevant_clip_ids' is empty")
+    if len(set(clip_ids)) != len(clip_ids):
+        raise SubmissionError(f"{where}: repeated clip id in 'relevant_clip_ids'")
+    out_of_range = [c for c in clip_ids if not 0 <= c < total]
+    if out_of_range:
+        raise SubmissionError(
+            f"{where}: clip id {out_of_range[0]} outside the {total} clips of a {duration_sec:g}-s video"
+        )
+    if not isinstance(scores, list) or len(scores) != len(clip_ids):
+        raise SubmissionError(
+            f"{where}: 'saliency_scores' must hold one row per clip id ({len(clip_ids)}), got {scores!r:.80}"
+        )
+    num_annotators = len(scores[0]) if isinstance(scores[0], list) else 0
+    for i, clip_scores in enumerate(scores):
+        if not (
+            isinstance(clip_scores, list)
+            and len(clip_scores) == num_annotators > 0
+            and all(map(_is_number, clip_scores))
+        ):
+            raise SubmissionError(
+                f"{where}: 'saliency_scores'[{i}] must be {num_annotators or 'one or more'} finite numbers "
+                f"(one per annotator, as in row 0), got {clip_scores!r:.80}"
+            )
+    matrix = np.asarray(scores, dtype=np.float64)  # (len(clip_ids), A)
+    saliency = np.zeros((total, matrix.shape[1]))  # (T, A)
+    saliency[clip_ids] = matrix
+    return saliency
+
+
+def parse_submission(
+    rows: Sequence[Mapping[str, Any]], source: str = "submission", from_file: bool = False
+) -> list[SubmittedQuery]:
+    """Check submission rows and convert them (see the module docstring for the format).
+
+    Args:
+        rows: the parsed JSON objects, one per query.
+        source: name used in error messages (the file path for files).
+        from_file: rows are the lines of `source` (messages say "line N", else "row i").
+
+    Raises:
+        SubmissionError: naming the row and qid of the first problem.
+    """
+    queries = []
+    for index, row in enumerate(rows):
+        where = _location(source, index, from_file)
+        if not isinstance(row, Mapping):
+            raise SubmissionError(f"{where}: expected an object, got {type(row).__name__}")
+        qid = _qid_of(row, where)
+        where = f"{where} (qid {qid!r})"
+        vid = row.get("vid")
+        if vid is not None and not isinstance(vid, str):
+            raise SubmissionError(f"{where}: 'vid' must be a string, got {vid!r}")
+        windows = scores = saliency = None
+        if "pred_relevant_windows" in row:
+            triples = _windows(row["pred_relevant_windows"], 3, "pred_relevant_windows", where)
+            windows, scores = triples[:, :2], triples[:, 2]
+            if np.any(windows[:, 0] > windows[:, 1]):
+                i = int(np.flatnonzero(windows[:, 0] > windows[:, 1])[0])
+                raise SubmissionError(
+                    f"{where}: pred_relevant_windows[{i}] has start > end: {triples[i].tolist()}"
+                )
+            rises = np.flatnonzero(np.diff(scores) > 0)
+            if len(rises):
+                i = int(rises[0]) + 1
+                raise SubmissionError(
+                    f"{where}: pred_relevant_windows must be sorted by score, descending: window {i} has "
+                    f"score {scores[i]:g} after {scores[i - 1]:g}"
+                )
+        if "pred_saliency_scores" in row:
+            values = row["pred_saliency_scores"]
+            if not isinstance(values, list) or not values or not all(map(_is_number, values)):
+                raise SubmissionError(
+                    f"{where}: 'pred_saliency_scores' must be a non-empty list of finite numbers, "
+                    f"got {values!r:.80}"
+                )
+            saliency = np.asarray(values, dtype=np.float64)
+        if windows is None and saliency is None:
+            raise SubmissionError(f"{where}: neither 'pred_relevant_windows' nor 'pred_saliency_scores'")
+        queries.append(SubmittedQuery(qid, vid, windows, scores, saliency, where))
+    for field, present in (("pred_relevant_windows", "windows"), ("pred_saliency_scores", "saliency")):
+        missing = [q for q in queries if getattr(q, present) is None]
+        if missing and len(missing) != len(queries):
+            raise SubmissionError(f"{missing[0].where}: no '{field}' while other queries have it")
+    return queries
+
+
+def _align(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]) -> list[GroundTruthQuery]:
+    """Ground truth in submission order, after checking both hold the same unique query ids."""
+    by_key: dict[str, GroundTruthQuery] = {}
+    for gt in ground_truth:
+        if qid_key(gt.qid) in by_key:
+            raise SubmissionError(f"{gt.where}: qid repeated (first at {by_key[qid_key(gt.qid)].where})")
+        by_key[qid_key(gt.qid)] = gt
+    seen: dict[str, SubmittedQuery] = {}
+    for pred in submission:
+        key = qid_key(pred.qid)
+        if key in seen:
+            raise SubmissionError(f"{pred.where}: qid repeated (first at {seen[key].where})")
+        seen[key] = pred
+    extra = [pred for key, pred in seen.items() if key not in by_key]
+    if extra:
+        listed = ", ".join(repr(pred.qid) for pred in extra[:5])
+        raise SubmissionError(
+            f"submission has {len(extra)} queries not in the ground truth, e.g. qid {listed} "
+            f"(first at {extra[0].where})"
+        )
+    for key, pred in seen.items():
+        gt = by_key[key]
+        if pred.vid is not None and pred.vid != gt.vid:
+            raise SubmissionError(f"{pred.where}: vid {pred.vid!r} but the ground truth says {gt.vid!r}")
+        allowed = saliency_lengths(gt.duration_sec)
+        if pred.saliency is not None and gt.saliency is not None and len(pred.saliency) not in allowed:
+            raise SubmissionError(
+                f"{pred.where}: {len(pred.saliency)} pred_saliency_scores, expected "
+                f"{' or '.join(map(str, allowed))} (one per 2-s clip of the {gt.duration_sec:g}-s video"
+                + (", the trailing partial clip optional)" if len(allowed) > 1 else ")")
+            )
+    missing = [gt for key, gt in by_key.items() if key not in seen]
+    if missing:
+        listed = ", ".join(repr(gt.qid) for gt in missing[:5])
+        raise SubmissionError(
+            f"submission misses {len(missing)} of the {len(by_key)} ground-truth queries, e.g. qid {listed} "
+            f"(first at {missing[0].where})"
+        )
+    return [by_key[qid_key(pred.qid)] for pred in submission]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def has_highlight_labels(ground_truth: Sequence[GroundTruthQuery]) -> bool:
+    """Whether the ground truth carries saliency labels (all rows do, or none; checked on parsing)."""
+    return bool(ground_truth) and ground_truth[0].saliency is not None
+
+
+def score_queries(
+    submission: list[SubmittedQuery],
+    ground_truth: list[GroundTruthQuery],
+    *,
+    protocol: Protocol = "qvhighlights",
+    length_buckets: Sequence[LengthBucket] = QVHIGHLIGHTS_LENGTH_BUCKETS,
+) -> dict[str, Any]:
+    """Score parsed queries (see `evaluate_submission`)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
+    aligned = _align(submission, ground_truth)
+    with_windows = submission[0].windows is not None
+    if protocol == "recall":
+        if not with_windows:
+            raise SubmissionError(f"{submission[0].where}: the recall protocol needs 'pred_relevant_windows'")
+        return retrieval_metrics(
+            [q.windows for q in submission],
+            [q.scores for q in submission],
+            [gt.windows for gt in aligned],
+            length_buckets=length_buckets,
+        )
+    sections: dict[str, Any] = {}
+    brief: dict[str, float] = {}
+    if with_windows:
+        moments = qvhighlights_moment_metrics(
+            [q.windows for q in submission],
+            [q.scores for q in submission],
+            [gt.windows for gt in aligned],
+            length_buckets=length_buckets,
+        )
+        sections.update(moments)
+        moment_brief = {
+            "MR-full-mAP": moments["full"]["MR-mAP"]["average"],
+            "MR-full-mAP@0.5": moments["full"]["MR-mAP"]["0.5"],
+            "MR-full-mAP@0.75": moments["full"]["MR-mAP"]["0.75"],
+            "MR-full-R1@0.5": moments["full"]["MR-R1"]["0.5"],
+            "MR-full-R1@0.7": moments["full"]["MR-R1"]["0.7"],
+        }
+        moment_brief.update(
+            {f"MR-{b.name}-mAP": moments[b.name]["MR-mAP"]["average"] for b in length_buckets}
+        )
+        brief.update(sorted(moment_brief.items()))
+    if submission[0].saliency is not None and has_highlight_labels(aligned):
+        highlights = qvhighlights_highlight_metrics(
+            [q.saliency for q in submission], [gt.saliency for gt in aligned]
+        )
+        sections.update(highlights)
+        for level in HIGHLIGHT_MIN_SCORES:
+            section = highlights[f"HL-min-{level}"]
+            brief[f"HL-min-{level}-mAP"] = section["HL-mAP"]
+            brief[f"HL-min-{level}-Hit1"] = section["HL-Hit1"]
+    if not sections:
+        raise SubmissionError(
+            "nothing to score: the submission has no 'pred_relevant_windows' and the ground truth has no "
+            "saliency labels for its 'pred_saliency_scores'"
+        )
+    return {"brief": brief, **{key: sections[key] for key in sorted(sections)}}
+
+
+def evaluate_submission(
+    submission_rows: Sequence[Mapping[str, Any]],
+    gt_rows: Sequence[Mapping[str, Any]],
+    *,
+    protocol: Protocol = "qvhighlights",
+    length_buckets: Sequence[LengthBucket] = QVHIGHLIGHTS_LENGTH_BUCKETS,
+) -> dict[str, Any]:
+    """Score submission rows against ground-truth rows (both as parsed JSON objects).
+
+    Args:
+        submission_rows: one dict per query in the submission format (module docstring).
+        gt_rows: one dict per query in the ground-truth format.
+        protocol: "qvhighlights" for the official output dict, "recall" for the flat
+            `retrieval_metrics` dict.
+        length_buckets: ground-truth length buckets (official QVHighlights ones by default).
+
+    Returns:
+        For "qvhighlights", the official structure: `{"brief": {"MR-full-R1@0.5": ..,
+        "HL-min-VeryGood-Hit1": .., ...}, "HL-min-Fair": {"HL-mAP": .., "HL-Hit1": ..}, ...,
+        "full": {"MR-mAP": {...}, "MR-R1": {...}}, "long": ..., "middle": ..., "short": ...}`,
+        percentages rounded to 2 decimals. Highlight sections appear only when the submission has
+        saliency scores and the ground truth has saliency labels.
+
+    Raises:
+        SubmissionError: naming the row and qid of the first problem.
+    """
+    return score_queries(
+        parse_submission(submission_rows),
+        parse_ground_truth(gt_rows),
+        protocol=protocol,
+        length_buckets=length_buckets,
+    )
+
+
+def evaluate_files(
+    submission_path: str | Path,
+    gt_path: str | Path,
+    *,
+    protocol: Protocol = "qvhighlights",
+    length_buckets: Sequence[LengthBucket] = QVHIGHLIGHTS_LENGTH_BUCKETS,
+) -> dict[str, Any]:
+    """`evaluate_submission` on two JSON Lines files; errors name the file and line."""
+    submission = parse_submission(read_jsonl(submission_path), str(submission_path), from_file=True)
+    ground_truth = parse_ground_truth(read_jsonl(gt_path), str(gt_path), from_file=True)
+    return score_queries(submission, ground_truth, protocol=protocol, length_buckets=length_buckets)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ground eval",
+        description="Score a QVHighlights-format submission (jsonl) against ground truth (jsonl); "
+        "prints the metrics as JSON.",
+    )
+    parser.add_argument("--submission", required=True, type=Path, help="predictions, one query per line")
+    parser.add_argument("--gt", required=True, type=Path, help="ground-truth annotations, one query per line")
+    parser.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="qvhighlights",
+        help="qvhighlights: the official QVHighlights metrics (default); "
+        "recall: R1/R5 at IoU 0.1/0.3/0.5/0.7, mIoU and mAP (Charades-STA, ActivityNet, TACoS)",
+    )
+    parser.add_argument(
+        "--length-buckets",
+        type=parse_length_buckets,
+        help="ground-truth length buckets in seconds, NAME=MIN:MAX,... with MIN exclusive "
+        "(default for qvhighlights: short=0:10,middle=10:30,long=30:150; none for recall)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m ground eval`; returns the exit status (1 on bad input)."""
+    args = build_parser().parse_args(argv)
+    buckets = args.length_buckets
+    if buckets is None:
+        buckets = QVHIGHLIGHTS_LENGTH_BUCKETS if args.protocol == "qvhighlights" else ()
+    try:
+        submission = parse_submission(read_jsonl(args.submission), str(args.submission), from_file=True)
+        ground_truth = parse_ground_truth(read_jsonl(args.gt), str(args.gt), from_file=True)
+        metrics = score_queries(submission, ground_truth, protocol=args.protocol, length_buckets=buckets)
+    except (SubmissionError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if (
+        args.protocol == "qvhighlights"
+        and submission[0].saliency is not None
+        and not has_highlight_labels(ground_truth)
+    ):
+        print(f"note: {args.gt} has no saliency labels; highlight metrics skipped", file=sys.stderr)
+    text = json.dumps(metrics, indent=4)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Registry of grounding networks, selected by name.
+
+A network registers itself with ``@register_model("name")`` and is built with
+``build_model("name", video_dim=..., text_dim=..., **hparams)``; the feature dims come from the
+cache, the hyperparameters from ``ground/configs/model/<name>.yaml``. See docs/adding_a_model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+ModelT = TypeVar("ModelT", bound=type[nn.Module])
+
+_MODELS: dict[str, type[nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[ModelT], ModelT]:
+    """Class decorator that makes a network buildable by ``name``.
+
+    Raises:
+        ValueError: when ``name`` is already taken by another class.
+    """
+
+    def decorator(cls: ModelT) -> ModelT:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name].__qualname__}")
+        _MODELS[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of every registered network, sorted."""
+    return sorted(_MODELS)
+
+
+def trainable_models() -> list[str]:
+    """Registered networks trained by gradient descent (baselines set ``trainable = False``)."""
+    return [name for name in list_models() if getattr(_MODELS[name], "trainable", True)]
+
+
+def get_model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name``.
+
+    Raises:
+        KeyError: for an unknown name; the message lists the available ones.
+    """
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.Module:
+    """Build the network registered as ``name`` for the given feature dims.
+
+    Args:
+        name: registry name, e.g. ``"span"``.
+        video_dim: size of the (concatenated) video features, from the cache.
+        text_dim: size of the text token features, from the cache.
+        **hparams: constructor arguments; an unknown one raises ``TypeError`` from the constructor.
+    """
+    return get_model_class(name)(video_dim=video_dim, text_dim=text_dim, **hparams)
+
+
+# Importing the model modules registers them; keep this list in step with the files in this folder.
+from ground.models import baselines, span  # noqa: E402, F401

@@ -1,0 +1,332 @@
+"""`span`: a per-clip start/end span extractor over a cross-modal transformer.
+
+After GroundZero (docs in /work/shared/design/span_groundzero.txt): project frozen video and text
+features to one hidden size, give every clip temporal context with a masked dilated conv stack
+and a fractional positional encoding, let clips read the query through layers of
+cross-attention (clips -> query tokens) and self-attention (clips -> clips), then score each
+clip as the start and the end of the moment (BERT-SQuAD style). Two side heads: presence (is
+the event in this video at all), trained against the query paired with another video of the
+batch, and per-clip saliency (highlight detection), trained with margin ranking losses.
+
+Read top to bottom: blocks, the network, its loss, its decoder. Shapes: B batch, T clips,
+L tokens, D hidden, W ground-truth windows, K predicted windows. Masks are True where real.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ground.models import register_model
+from ground.models.blocks import (
+    FeedForward,
+    FractionalPositionalEncoding,
+    MaskedAttention,
+    Predictions,
+    Projection,
+    check_nonempty,
+    clips_in_windows,
+    decode_spans,
+    gaussian_boundary_targets,
+    log_softmax_masked,
+    longest_window,
+    masked_max,
+    masked_mean,
+)
+
+REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
+
+
+class DilatedConvBlock(nn.Module):
+    """Pre-norm residual 1D convolution over time that keeps padding out of real clips.
+
+    Padding clips are zeroed before the convolution, so a real clip next to padding sees the same
+    zeros it would see beyond the end of an unpadded video; the output is zeroed there again.
+    """
+
+    def __init__(self, dim: int, dilation: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        padding = dilation * (kernel_size - 1) // 2  # "same" length, so clip t stays at index t
+        self.conv = nn.Conv1d(dim, dim, kernel_size, dilation=dilation, padding=padding)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, D), mask (B, T) -> (B, T, D), zero on padding."""
+        keep = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        h = self.norm(x) * keep
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)  # (B, T, D)
+        return (x + self.dropout(F.gelu(h))) * keep
+
+
+class FusionLayer(nn.Module):
+    """Clips attend to the query tokens, then to each other, then a feed-forward."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.cross_attn = MaskedAttention(dim, num_heads, dropout)
+        self.self_attn = MaskedAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, dropout=dropout)
+
+    def forward(self, frames: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """frames (B, T, D), text (B, L, D) -> (B, T, D)."""
+        frames = self.cross_attn(frames, text_mask, context=text)  # (B, T, D)
+        frames = self.self_attn(frames, video_mask)  # (B, T, D)
+        return self.ffn(frames)
+
+
+@register_model("span")
+class SpanNet(nn.Module):
+    """Span extraction grounding network with presence and saliency heads.
+
+    Decoding: a span's score is ``log p_start + log p_end`` (softmaxes over the real clips);
+    ``Predictions.saliency`` is the raw saliency score (higher = more salient, ``-inf`` on
+    padding) and ``Predictions.presence`` the sigmoid of the presence logit.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        hidden_dim: int = 256,
+        num_layers: int = 4,
+        num_heads: int = 8,
+        conv_dilations: tuple[int, ...] = (1, 2, 4, 8),
+        conv_kernel_size: int = 5,
+        dropout: float = 0.1,
+        position_scale: float = 1000.0,
+        boundary_sigma_clips: float = 1.0,
+        max_span_sec: float | None = None,
+        max_span_fraction: float = 1.0,
+        nms_iou_threshold: float | None = 0.7,
+        start_end_weight: float = 1.0,
+        presence_weight: float = 1.0,
+        saliency_weight: float = 1.0,
+        saliency_margin: float = 0.2,
+    ) -> None:
+        """Build the network.
+
+        Args:
+            video_dim: size of the video features (from the cache).
+            text_dim: size of the text token features (from the cache).
+            hidden_dim: width D of every layer.
+            num_layers: cross-attention + self-attention + feed-forward layers.
+            num_heads: attention heads; must divide ``hidden_dim``.
+            conv_dilations: dilation of each residual conv block, in order.
+            conv_kernel_size: odd kernel size of the conv blocks (5 with dilations 1-8 sees 61 clips).
+            dropout: dropout in projections, attention, feed-forward and conv blocks.
+            position_scale: fractional position 1.0 is encoded as this sinusoid position.
+            boundary_sigma_clips: width of the Gaussian start/end targets, in mean clip lengths.
+            max_span_sec: longest decoded span in seconds, or None for no limit in seconds.
+            max_span_fraction: longest decoded span as a fraction of the video duration, in (0, 1].
+            nms_iou_threshold: IoU above which a lower-ranked decoded span is suppressed, or None.
+            start_end_weight: weight of the start/end cross-entropy in the total loss.
+            presence_weight: weight of the presence binary cross-entropy.
+            saliency_weight: weight of the saliency ranking loss.
+            saliency_margin: margin of the saliency hinge losses.
+        """
+        super().__init__()
+        if hidden_dim % num_heads or hidden_dim % 2:
+            raise ValueError(
+                f"span: hidden_dim {hidden_dim} must be even and divisible by num_heads {num_heads}"
+            )
+        if conv_kernel_size % 2 == 0:
+            raise ValueError(f"span: conv_kernel_size must be odd got {conv_kernel_size}")
+        if not 0.0 < max_span_fraction <= 1.0:
+            raise ValueError(f"span: max_span_fraction must be in (0, 1], got {max_span_fraction}")
+        if max_span_sec is not None and max_span_sec <= 0:
+            raise ValueError(f"span: max_span_sec must be positive or None, got {max_span_sec}")
+        if boundary_sigma_clips <= 0:
+            raise ValueError(f"span: boundary_sigma_clips must be positive, got {boundary_sigma_clips}")
+        self.video_dim = video_dim
+        self.text_dim = text_dim
+        self.boundary_sigma_clips = boundary_sigma_clips
+        self.max_span_sec = max_span_sec
+        self.max_span_fraction = max_span_fraction
+        self.nms_iou_threshold = nms_iou_threshold
+        self.start_end_weight = start_end_weight
+        self.presence_weight = presence_weight
+        self.saliency_weight = saliency_weight
+        self.saliency_margin = saliency_margin
+
+        self.video_proj = Projection(video_dim, hidden_dim, dropout)
+        self.text_proj = Projection(text_dim, hidden_dim, dropout)
+        self.convs = nn.ModuleList(
+            DilatedConvBlock(hidden_dim, d, conv_kernel_size, dropout) for d in conv_dilations
+        )
+        self.position = FractionalPositionalEncoding(hidden_dim, scale=position_scale)
+        self.layers = nn.ModuleList(FusionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(hidden_dim)
+        self.span_head = nn.Linear(hidden_dim, 2)
+        self.saliency_head = nn.Linear(hidden_dim, 1)
+        self.presence_head = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
+        )
+
+    # ---- network -----------------------------------------------------------------------------
+
+    def fuse(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor,
+             text: Tensor, text_mask: Tensor) -> Tensor:
+        """Query-aware clip features. video (B, T, Dv), text (B, L, Dt) -> (B, T, D)."""
+        x = self.video_proj(video) * video_mask.unsqueeze(-1)  # (B, T, D)
+        for conv in self.convs:
+            x = conv(x, video_mask)  # (B, T, D)
+        x = x + self.position(timestamps, duration).to(x.dtype)  # (B, T, D)
+        text = self.text_proj(text)  # (B, L, D)
+        for layer in self.layers:
+            x = layer(x, video_mask, text, text_mask)  # (B, T, D)
+        return self.final_norm(x)
+
+    def presence_logit(self, frames: Tensor, video_mask: Tensor) -> Tensor:
+        """frames (B, T, D) -> (B,) logit that the query's event is in the video."""
+        # Mean pooling sees how much of the video matches, max pooling whether any clip does.
+        pooled = torch.cat([masked_mean(frames, video_mask), masked_max(frames, video_mask)], dim=-1)
+        return self.presence_head(pooled).squeeze(-1)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Per-clip start/end/saliency scores and the presence logit.
+
+        In training mode the query is also paired with the previous video of the batch (a roll
+        by one along B) for the presence negatives; pairs that happen to share a video id are
+        flagged in ``negative_valid`` and left out of the loss.
+
+        Returns:
+            ``start_logits``, ``end_logits``, ``saliency`` (B, T) with ``-inf`` on padding,
+            ``presence_logit`` (B,), and in training ``presence_logit_negative`` (B,) and
+            ``negative_valid`` (B,) bool.
+        """
+        self._check_batch(batch)
+        video_mask, text_mask = batch["video_mask"], batch["text_mask"]
+        frames = self.fuse(batch["video"], video_mask, batch["timestamps"], batch["duration"],
+                           batch["text"], text_mask)  # (B, T, D)
+        padding = ~video_mask.unsqueeze(-1)  # (B, T, 1)
+        span_logits = self.span_head(frames).masked_fill(padding, float("-inf"))  # (B, T, 2)
+        saliency = self.saliency_head(frames).squeeze(-1).masked_fill(~video_mask, float("-inf"))  # (B, T)
+        output = {
+            "start_logits": span_logits[..., 0],
+            "end_logits": span_logits[..., 1],
+            "saliency": saliency,
+            "presence_logit": self.presence_logit(frames, video_mask),
+        }
+        if self.training:
+            video_keys = ("video", "video_mask", "timestamps", "duration")
+            rolled = {key: batch[key].roll(1, dims=0) for key in video_keys}
+            negative_frames = self.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"],
+                                        rolled["duration"], batch["text"], text_mask)  # (B, T, D)
+            vids = list(batch["vid"])
+            rolled_vids = vids[-1:] + vids[:-1]
+            output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled["video_mask"])
+            output["negative_valid"] = torch.tensor(
+                [v != r for v, r in zip(vids, rolled_vids, strict=True)], device=video_mask.device
+            )
+        return output
+
+    def _check_batch(self, batch: dict) -> None:
+        missing = [key for key in REQUIRED_KEYS if key not in batch]
+        if missing:
+            raise KeyError(f"span: batch is missing {missing}")
+        qids = batch["qid"]
+        video, text = batch["video"], batch["text"]
+        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
+            raise ValueError(
+                f"span: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch features "
+                f"{video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
+            )
+        check_nonempty(batch["video_mask"], qids, "video clips")
+        check_nonempty(batch["text_mask"], qids, "text tokens")
+        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
+        if bad:
+            raise ValueError(f"span: non-positive duration for query {', '.join(qids[i] for i in bad)}")
+
+    # ---- loss --------------------------------------------------------------------------------
+
+    def loss(self, output: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+        """Weighted sum of the start/end, presence and saliency losses.
+
+        The start/end target is built from each query's longest ground-truth window (the first
+        of equal length); the parts are returned unweighted for logging.
+
+        Returns:
+            ``loss`` (weighted total), ``start_end``, ``presence``, ``saliency``.
+        """
+        start_end = self._start_end_loss(output, batch)
+        presence = self._presence_loss(output)
+        saliency = self._saliency_loss(output["saliency"], batch)
+        total = (self.start_end_weight * start_end + self.presence_weight * presence
+                 + self.saliency_weight * saliency)
+        return {"loss": total, "start_end": start_end, "presence": presence, "saliency": saliency}
+
+    def _start_end_loss(self, output: dict[str, Tensor], batch: dict) -> Tensor:
+        """Cross-entropy of the start and end logits against Gaussian-smoothed boundary targets."""
+        mask, timestamps = batch["video_mask"], batch["timestamps"]
+        gt = longest_window(batch["windows"], batch["window_mask"], batch["qid"])  # (B, 2)
+        clip_sec = timestamps[..., 1] - timestamps[..., 0]  # (B, T)
+        sigma_sec = self.boundary_sigma_clips * (clip_sec * mask).sum(-1) / mask.sum(-1)  # (B,)
+        dtype = output["start_logits"].dtype
+        start_target = gaussian_boundary_targets(timestamps[..., 0], gt[:, 0], sigma_sec, mask)  # (B, T)
+        end_target = gaussian_boundary_targets(timestamps[..., 1], gt[:, 1], sigma_sec, mask)  # (B, T)
+        start_target, end_target = start_target.to(dtype), end_target.to(dtype)
+        start_ce = -(start_target * log_softmax_masked(output["start_logits"], mask)).sum(-1)  # (B,)
+        end_ce = -(end_target * log_softmax_masked(output["end_logits"], mask)).sum(-1)  # (B,)
+        return ((start_ce + end_ce) / 2).mean()
+
+    def _presence_loss(self, output: dict[str, Tensor]) -> Tensor:
+        """Binary cross-entropy: the query's own video is a positive, a rolled-in video a negative."""
+        logits = output["presence_logit"]  # (B,)
+        labels = torch.ones_like(logits)
+        if "presence_logit_negative" in output:
+            valid = output["negative_valid"]
+            logits = torch.cat([logits, output["presence_logit_negative"][valid]])
+            labels = torch.cat([labels, torch.zeros_like(logits[len(labels):])])
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def _saliency_loss(self, scores: Tensor, batch: dict) -> Tensor:
+        """Margin ranking on the clips of videos whose saliency is labelled.
+
+        Two hinge terms, each averaged over its pairs: (1) of two labelled clips of one video,
+        the higher-labelled one should score ``margin`` above the other; (2) a labelled clip
+        inside a ground-truth window should score ``margin`` above every real clip outside all
+        windows. Videos without saliency labels add nothing.
+        """
+        video_mask = batch["video_mask"]
+        scores = torch.where(video_mask, scores, 0.0)  # (B, T) no -inf, so differences stay finite
+        # Zero that still touches the head, so a batch without labels leaves no parameter unused.
+        loss = scores.sum() * 0.0
+        labelled = batch["saliency_mask"] & video_mask  # (B, T)
+        has_labels = labelled.any(dim=-1)  # (B,)
+        if not has_labels.any():
+            return loss
+        label = batch["saliency"]  # (B, T)
+        hinge = F.relu(self.saliency_margin - (scores[:, :, None] - scores[:, None, :]))  # (B, T, T) i over j
+        ranked = (label[:, :, None] > label[:, None, :]) & labelled[:, :, None] & labelled[:, None, :]
+        inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])  # (B, T)
+        positive = labelled & inside
+        negative = video_mask & ~inside & has_labels[:, None]
+        contrast = positive[:, :, None] & negative[:, None, :]  # (B, T, T)
+        for pairs in (ranked, contrast):
+            if pairs.any():
+                loss = loss + hinge[pairs].mean()
+        return loss
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, output: dict[str, Tensor], batch: dict, k: int) -> Predictions:
+        """Top-``k`` windows per query, with saliency and presence probability.
+
+        The span limit per sample is ``max_span_fraction * duration``, further capped by
+        ``max_span_sec`` when set; see ``blocks.decode_spans`` for validity and tie rules.
+        """
+        duration = batch["duration"].to(torch.float32)  # (B,)
+        limit_sec = duration * self.max_span_fraction
+        if self.max_span_sec is not None:
+            limit_sec = limit_sec.clamp(max=self.max_span_sec)
+        windows, scores = decode_spans(output["start_logits"], output["end_logits"], batch["timestamps"],
+                                       batch["video_mask"], limit_sec, k, self.nms_iou_threshold)
+        return Predictions(
+            windows=windows,
+            scores=scores,
+            saliency=output["saliency"],
+            presence=torch.sigmoid(output["presence_logit"]),
+        )

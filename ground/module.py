@@ -1,0 +1,270 @@
+"""The one LightningModule for every grounding network (the network is injected by name).
+
+The module never branches on the model: it calls `net(batch)`, `net.loss(output, batch)` and
+`net.decode(output, batch, k)` (docs/architecture.md). Optimisation is AdamW with linear warmup
+and cosine decay per step; gradient clipping and precision are Trainer settings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ground.metrics import MomentRetrievalMetric, parse_length_buckets
+from ground.models import build_model
+from ground.models.blocks import Predictions, nms_1d
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/Inf; the message names the batch's query ids."""
+
+
+class GroundingModule(L.LightningModule):
+    """Trains, validates, tests and predicts with any registered grounding network.
+
+    Args:
+        name: registered network name (`ground.models.list_models()`).
+        hparams: constructor arguments of the network (see its config under ground/configs/model/).
+        video_dim: video feature size; linked from the data module (the cache), never configured.
+        text_dim: text feature size; linked from the data module.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: fraction of the training steps with linear warmup before cosine decay.
+        min_lr_ratio: final learning rate as a fraction of `lr`.
+        top_k: windows decoded per query (R@5 and mAP need at least 5 and up to 10).
+        eval_max_clips: videos longer than this many clips are evaluated with sliding windows whose
+            predictions are merged (None: whole videos at once).
+        length_buckets: ground-truth length buckets reported beside "full", e.g. "short:0:10,middle:10:30".
+    """
+
+    def __init__(
+        self,
+        name: str = "span",
+        hparams: dict[str, Any] | None = None,
+        video_dim: int = 0,
+        text_dim: int = 0,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        top_k: int = 10,
+        eval_max_clips: int | None = None,
+        length_buckets: str | None = None,
+    ) -> None:
+        super().__init__()
+        if video_dim <= 0 or text_dim <= 0:
+            raise ValueError(
+                "video_dim and text_dim come from the cache; build the module through "
+                "`python -m ground` or pass the data module's dims"
+            )
+        self.save_hyperparameters()
+        self.net = build_model(name, video_dim=video_dim, text_dim=text_dim, **(hparams or {}))
+        buckets = parse_length_buckets(length_buckets) if length_buckets else ()
+        self.val_metric = MomentRetrievalMetric(length_buckets=buckets)
+        self.test_metric = MomentRetrievalMetric(length_buckets=buckets)
+        self.encoder_record: dict | None = None
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        output = self.net(batch)
+        losses = self.net.loss(output, batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at step {self.global_step} in the batch of "
+                f"queries {batch['qid']}"
+            )
+        bs = len(batch["qid"])
+        self.log("train/loss", loss.detach(), batch_size=bs, prog_bar=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.net.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+        floor = self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation -------------------------------------------------------------------------
+    def predict_batch(self, batch: dict) -> Predictions:
+        """Decode top-k windows for a batch, sliding over videos longer than `eval_max_clips`."""
+        limit = self.hparams.eval_max_clips
+        if limit is None or batch["video"].shape[1] <= limit:
+            return self.net.decode(self.net(batch), batch, self.hparams.top_k)
+        return sliding_window_decode(self.net, batch, self.hparams.top_k, limit)
+
+    def _eval_step(self, batch: dict, metric: MomentRetrievalMetric) -> Predictions:
+        preds = self.predict_batch(batch)
+        labelled = batch["window_mask"].any(dim=1)
+        if labelled.any():
+            metric.update(
+                preds.windows[labelled],
+                preds.scores[labelled],
+                batch["windows"][labelled],
+                batch["window_mask"][labelled],
+            )
+        return preds
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric)
+
+    def _log_metric(self, metric: MomentRetrievalMetric, prefix: str) -> None:
+        if not metric.pred_counts:
+            return
+        values = metric.compute()
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        preds = self.predict_batch(batch)
+        rows = []
+        for i, qid in enumerate(batch["qid"]):
+            real = preds.window_mask[i]
+            windows = preds.windows[i][real].float().cpu().tolist()
+            scores = preds.scores[i][real].float().cpu().tolist()
+            row = {
+                "qid": qid,
+                "vid": batch["vid"][i],
+                "pred_relevant_windows": [
+                    [round(s, 4), round(e, 4), round(c, 6)] for (s, e), c in zip(windows, scores, strict=True)
+                ],
+            }
+            if preds.saliency is not None:
+                n = int(batch["video_mask"][i].sum())
+                row["pred_saliency_per_feature"] = preds.saliency[i, :n].float().cpu().tolist()
+                row["feature_timestamps"] = batch["timestamps"][i, :n].float().cpu().tolist()
+            if preds.presence is not None:
+                row["presence"] = float(preds.presence[i])
+            rows.append(row)
+        return rows
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _fit_statistics(self) -> None:
+        """Networks estimated from training-set statistics (the baselines) get the train split."""
+        fit_statistics = getattr(self.net, "fit_statistics", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if fit_statistics is not None and datamodule is not None:
+            fit_statistics(datamodule.load(datamodule.hparams.train_split))
+
+    def on_fit_start(self) -> None:
+        self._remember_encoders()
+
+    def on_validation_start(self) -> None:
+        self._fit_statistics()
+
+    def on_test_start(self) -> None:
+        self._remember_encoders()
+        self._fit_statistics()
+
+    def on_predict_start(self) -> None:
+        self._fit_statistics()
+
+    def _remember_encoders(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "encoder_record"):
+            record = datamodule.encoder_record()
+            if self.encoder_record is not None and self.encoder_record != record:
+                raise ValueError(
+                    "this checkpoint was trained on encoders "
+                    f"{[e['name'] for e in self.encoder_record['video_encoders']]} + "
+                    f"{self.encoder_record['text_encoder']['name']}, the cache provides "
+                    f"{[e['name'] for e in record['video_encoders']]} + {record['text_encoder']['name']}"
+                )
+            self.encoder_record = record
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Plain data only, so checkpoints load with torch.load(weights_only=True).
+        checkpoint["groundcache"] = {"encoders": self.encoder_record}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.encoder_record = checkpoint.get("groundcache", {}).get("encoders")
+
+
+def sliding_window_decode(
+    net: torch.nn.Module, batch: dict, k: int, window: int, overlap: float = 0.5
+) -> Predictions:
+    """Decode long videos chunk by chunk and merge: windows by score with NMS, saliency by averaging.
+
+    Chunks overlap by `overlap` so an event cut by one chunk border lies whole inside the next.
+    Span scores are normalised within each chunk, so merged scores compare chunks' best spans.
+    """
+    t = batch["video"].shape[1]
+    stride = max(1, int(window * (1 - overlap)))
+    starts = list(range(0, max(1, t - window) + stride, stride))
+    starts = sorted({min(s, max(0, t - window)) for s in starts})
+    all_windows, all_scores = [], []
+    saliency_sum = torch.zeros(batch["video_mask"].shape, device=batch["video"].device)
+    saliency_n = torch.zeros_like(saliency_sum)
+    has_saliency = False
+    presence = []
+    per_clip = ("video", "video_mask", "timestamps", "saliency", "saliency_mask")
+    for s in starts:
+        sub = {key: (value[:, s : s + window] if key in per_clip else value) for key, value in batch.items()}
+        alive = sub["video_mask"].any(dim=1)
+        if not alive.any():
+            continue
+        # Samples whose video ended before this chunk get one fake clip, then their output is dropped.
+        sub["video_mask"] = sub["video_mask"].clone()
+        sub["video_mask"][~alive, 0] = True
+        preds = net.decode(net(sub), sub, k)
+        scores = torch.where(alive[:, None] & preds.window_mask, preds.scores, float("-inf"))
+        all_windows.append(preds.windows)
+        all_scores.append(scores)
+        if preds.saliency is not None:
+            has_saliency = True
+            width = preds.saliency.shape[1]
+            saliency_sum[:, s : s + width] += preds.saliency * sub["video_mask"]
+            saliency_n[:, s : s + width] += sub["video_mask"].float()
+        if preds.presence is not None:
+            presence.append(torch.where(alive, preds.presence, torch.zeros_like(preds.presence)))
+    windows = torch.cat(all_windows, dim=1)  # (B, n_chunks * K, 2)
+    scores = torch.cat(all_scores, dim=1)
+    out_w, out_s = [], []
+    for b in range(len(windows)):
+        real = torch.isfinite(scores[b])
+        keep = nms_1d(windows[b][real], scores[b][real], iou_threshold=0.7)[:k]
+        w, sc = windows[b][real][keep], scores[b][real][keep]
+        if len(keep) < k:  # pad with the last window, -inf score, as Predictions documents
+            pad = k - len(keep)
+            w = torch.cat([w, w[-1:].expand(pad, 2)])
+            sc = torch.cat([sc, sc.new_full((pad,), float("-inf"))])
+        out_w.append(w)
+        out_s.append(sc)
+    return Predictions(
+        windows=torch.stack(out_w),
+        scores=torch.stack(out_s),
+        saliency=saliency_sum / saliency_n.clamp(min=1) if has_saliency else None,
+        presence=torch.stack(presence).amax(dim=0) if presence else None,
+    )
