@@ -503,6 +503,13 @@ def evaluate_files(
 # ---------------------------------------------------------------------------------------------
 
 
+def _length_buckets_arg(spec: str) -> tuple[LengthBucket, ...]:
+    try:
+        return parse_length_buckets(spec)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's own message
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ground eval",
@@ -521,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--length-buckets",
-        type=parse_length_buckets,
+        type=_length_buckets_arg,
         help="ground-truth length buckets in seconds, NAME=MIN:MAX,... with MIN exclusive "
         "(default for qvhighlights: short=0:10,middle=10:30,long=30:150; none for recall)",
     )

@@ -393,6 +393,7 @@ class MomentRetrievalMetric(Metric):
         map_iou_thresholds: IoU thresholds averaged into mAP.
         map_max_windows: windows per query used by mAP (None: all).
         length_buckets: buckets reported beside "full".
+        **kwargs: passed to `torchmetrics.Metric` (e.g. `dist_sync_on_step`).
     """
 
     is_differentiable = False
@@ -584,7 +585,10 @@ def qvhighlights_highlight_metrics(
         if g.ndim != 2 or g.shape[1] != num_annotators or num_annotators == 0 or len(g) == 0:
             raise ValueError(f"query {i}: saliency labels must be (T, A) with the same A, got {g.shape}")
         if p.ndim != 1 or len(p) not in (len(g), len(g) + 1):
-            raise ValueError(f"query {i}: {p.shape} predicted clip scores for {len(g)} labelled clips")
+            raise ValueError(
+                f"query {i}: {len(p)} predicted clip scores for {len(g)} labelled clips "
+                f"(expected {len(g)}, or {len(g) + 1} with a trailing partial clip)"
+            )
         if not np.all(np.isfinite(p)):
             raise ValueError(f"query {i}: non-finite predicted clip score")
     out = {}
