@@ -171,7 +171,13 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"eval": _eval, "demo": _demo}
+def _zoo(argv: list[str]) -> int:
+    from ground.zoo import main as zoo_main
+
+    return zoo_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"eval": _eval, "demo": _demo, "zoo": _zoo}
 
 
 def main(argv: list[str] | None = None) -> int:

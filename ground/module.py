@@ -181,6 +181,12 @@ class GroundingModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._remember_encoders()
 
+    def on_train_epoch_start(self) -> None:
+        # Networks with epoch-dependent losses (capsule's diversity term) expose set_epoch.
+        set_epoch = getattr(self.net, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
+
     def on_validation_start(self) -> None:
         self._fit_statistics()
 

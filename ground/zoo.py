@@ -1,0 +1,134 @@
+"""`make zoo`: train every registered model on the synthetic cache and write the model-zoo table.
+
+The table (parameters, training time, test metrics; baselines beside the models) is written
+between markers into docs/models.md and README.md, so it is never typed by hand. The synthetic
+cache comes from `make demo` (or `python -m extract --config extract/configs/synthetic.yaml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from ground.data import GroundingDataModule
+from ground.models import list_models, trainable_models
+from ground.module import GroundingModule
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-R5@0.5", "MR-full-mIoU", "MR-full-mAP")
+BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((REPO / "ground" / "configs" / "model" / f"{name}.yaml").read_text())
+
+
+def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, lr: float) -> dict:
+    L.seed_everything(0, verbose=False)
+    hparams = _config(name)["hparams"]
+    module = GroundingModule(
+        name=name, hparams=hparams, video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
+    )
+    params = sum(p.numel() for p in module.net.parameters())
+    train_sec = 0.0
+    ckpt = None
+    if name in trainable_models():
+        checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+            monitor="val/MR-full-R1@0.5", mode="max", dirpath=run_dir / name, filename="best"
+        )
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            logger=False,
+            callbacks=[checkpoint],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+            check_val_every_n_epoch=2,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        train_sec = time.perf_counter() - t0
+        ckpt = checkpoint.best_model_path
+    tester = L.Trainer(
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
+    )
+    metrics = tester.test(module, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
+    return {
+        "model": name,
+        "trainable": name in trainable_models(),
+        "params": params,
+        "train_sec": train_sec,
+        "epochs": epochs if name in trainable_models() else 0,
+        **{k.removeprefix("test/"): float(v) for k, v in metrics.items()},
+    }
+
+
+def table(rows: list[dict], cache: Path, machine: str) -> str:
+    lines = [
+        f"Synthetic test split, cache `{cache.relative_to(REPO) if cache.is_relative_to(REPO) else cache}`, "
+        f"{machine}. Produced by `make zoo`; do not edit by hand.",
+        "",
+        "| model | params | train time | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        kind = "" if r["trainable"] else " (baseline)"
+        time_cell = f"{r['train_sec']:.0f} s / {r['epochs']} ep" if r["trainable"] else "-"
+        lines.append(
+            f"| {r['model']}{kind} | {r['params'] / 1e6:.2f} M | {time_cell} | "
+            + " | ".join(f"{r.get(c, float('nan')):.1f}" for c in COLUMNS)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    content = path.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in content:
+        content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, content, flags=re.S)
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    path.write_text(content)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ground zoo", description=__doc__)
+    parser.add_argument("--cache", type=Path, default=REPO / "data" / "synthetic" / "cache.h5")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--models", nargs="*", default=None, help="default: every registered model")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "zoo")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    if not args.cache.exists():
+        raise SystemExit(f"{args.cache}: no cache; run `make demo` (or make extract DATASET=synthetic) first")
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    data = GroundingDataModule(str(args.cache), batch_size=16)
+    names = args.models or list_models()
+    rows = []
+    for name in names:
+        if name == "zeroshot" and data.video_dim != data.text_dim:
+            continue
+        print(f"== {name}", flush=True)
+        rows.append(run_model(name, data, args.epochs, args.run_dir, args.lr))
+        print(json.dumps(rows[-1]), flush=True)
+    rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    text = table(rows, args.cache, machine)
+    print(text)
+    if not args.no_write:
+        for path in (REPO / "docs" / "models.md", REPO / "README.md"):
+            write_between_markers(path, text)
+        (args.run_dir / "zoo.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.run_dir / "zoo.json").write_text(json.dumps(rows, indent=2))
+    return 0
