@@ -177,7 +177,25 @@ def _zoo(argv: list[str]) -> int:
     return zoo_main(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"eval": _eval, "demo": _demo, "zoo": _zoo}
+def _export(argv: list[str]) -> int:
+    from ground.export import export_main
+
+    return export_main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from ground.report import report_main
+
+    return report_main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "eval": _eval,
+    "demo": _demo,
+    "zoo": _zoo,
+    "export": _export,
+    "report": _report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,9 +241,15 @@ def sliding_window_decode(
         alive = sub["video_mask"].any(dim=1)
         if not alive.any():
             continue
-        # Samples whose video ended before this chunk get one fake clip, then their output is dropped.
-        sub["video_mask"] = sub["video_mask"].clone()
-        sub["video_mask"][~alive, 0] = True
+        # Samples whose video ended before this chunk get a stand-in clip (their first real one) so
+        # every network sees a well-formed sample; their output is dropped below.
+        dead = ~alive
+        if dead.any():
+            for key in ("video", "timestamps"):
+                sub[key] = sub[key].clone()
+                sub[key][dead, 0] = batch[key][dead, 0]
+            sub["video_mask"] = sub["video_mask"].clone()
+            sub["video_mask"][dead, 0] = True
         preds = net.decode(net(sub), sub, k)
         scores = torch.where(alive[:, None] & preds.window_mask, preds.scores, float("-inf"))
         all_windows.append(preds.windows)
@@ -251,8 +257,10 @@ def sliding_window_decode(
         if preds.saliency is not None:
             has_saliency = True
             width = preds.saliency.shape[1]
-            saliency_sum[:, s : s + width] += preds.saliency * sub["video_mask"]
-            saliency_n[:, s : s + width] += sub["video_mask"].float()
+            # Networks mark padding with -inf saliency: select, don't multiply (0 * -inf is NaN).
+            real = sub["video_mask"] & alive[:, None]
+            saliency_sum[:, s : s + width] += torch.where(real, preds.saliency, 0.0)
+            saliency_n[:, s : s + width] += real.float()
         if preds.presence is not None:
             presence.append(torch.where(alive, preds.presence, torch.zeros_like(preds.presence)))
     windows = torch.cat(all_windows, dim=1)  # (B, n_chunks * K, 2)
@@ -271,6 +279,8 @@ def sliding_window_decode(
     return Predictions(
         windows=torch.stack(out_w),
         scores=torch.stack(out_s),
-        saliency=saliency_sum / saliency_n.clamp(min=1) if has_saliency else None,
+        saliency=torch.where(batch["video_mask"], saliency_sum / saliency_n.clamp(min=1), float("-inf"))
+        if has_saliency
+        else None,
         presence=torch.stack(presence).amax(dim=0) if presence else None,
     )

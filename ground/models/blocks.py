@@ -438,3 +438,40 @@ def _pad_to_k(x: Tensor, k: int, fill: Tensor) -> Tensor:
     if missing <= 0:
         return x
     return torch.cat([x, fill.expand(missing, *x.shape[1:])], dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Window regression losses
+
+
+def eiou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Extended-IoU loss of 1D windows: ``1 - IoU + centre term + width term``.
+
+    The 1D form of EIoU (Zhang et al., "Focal and Efficient IOU Loss", 2022): with ``E`` the
+    length of the smallest window enclosing both, the centre term is ``(c_pred - c_gt)^2 / E^2``
+    and the width term ``(w_pred - w_gt)^2 / E^2``. Every term is a ratio of lengths, so the loss
+    is the same in seconds, clips or fractions of a video; the two extra terms keep a gradient
+    when the windows do not overlap (where ``1 - IoU`` is flat).
+
+    ``pred`` need not be ordered: an inverted window overlaps nothing and its negative width is
+    pushed up by the width term, so a head may regress the two edges independently.
+
+    Args:
+        pred: (..., 2) predicted [start, end].
+        target: (..., 2) ground-truth [start, end], start <= end, broadcastable with ``pred``.
+        eps: added to the union and to ``E^2`` so that two zero-length windows give a finite loss.
+
+    Returns:
+        (...) loss per window, >= 0; for coinciding windows of length ``w`` it is ``eps / (w + eps)``.
+    """
+    _check_windows(target, "eiou_loss: target")
+    p_start, p_end = pred[..., 0], pred[..., 1]
+    t_start, t_end = target[..., 0], target[..., 1]
+    p_width, t_width = p_end - p_start, t_end - t_start
+    inter = (torch.minimum(p_end, t_end) - torch.maximum(p_start, t_start)).clamp(min=0)
+    union = p_width.clamp(min=0) + t_width - inter
+    iou = inter / (union + eps)
+    enclosing_sq = (torch.maximum(p_end, t_end) - torch.minimum(p_start, t_start)) ** 2 + eps
+    centre_term = ((p_start + p_end) / 2 - (t_start + t_end) / 2) ** 2 / enclosing_sq
+    width_term = (p_width - t_width) ** 2 / enclosing_sq
+    return 1 - iou + centre_term + width_term

@@ -306,3 +306,35 @@ def test_predictions_checks_shapes_and_marks_fillers() -> None:
         Predictions(windows=torch.zeros(2, 3, 2), scores=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="presence"):
         Predictions(windows=torch.zeros(2, 3, 2), scores=torch.zeros(2, 3), presence=torch.zeros(3))
+
+
+# ---- EIoU loss ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "expected"),
+    [
+        ([0.0, 2.0], [1.0, 3.0], 1 - 1 / 3 + 1 / 9),  # IoU 1/3, enclosing 3, centres 1 apart
+        ([0.0, 1.0], [3.0, 5.0], 1 + 3.5**2 / 25 + 1 / 25),  # disjoint: centre and width terms only
+        ([2.0, 1.0], [1.0, 2.0], 1 + 0 + (-1 - 1) ** 2 / 1),  # inverted prediction: width -1 vs 1
+    ],
+)
+def test_eiou_loss_hand_cases(pred: list[float], target: list[float], expected: float) -> None:
+    from ground.models.blocks import eiou_loss
+
+    loss = eiou_loss(torch.tensor(pred, dtype=torch.float64), torch.tensor(target, dtype=torch.float64))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_eiou_loss_is_scale_free_near_zero_on_a_match_and_has_gradient_without_overlap() -> None:
+    from ground.models.blocks import eiou_loss
+
+    pred = torch.tensor([[0.0, 1.0], [2.0, 6.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([[3.0, 5.0], [2.0, 6.0]], dtype=torch.float64)
+    loss = eiou_loss(pred, target)  # (2,)
+    torch.testing.assert_close(eiou_loss(pred * 7.0, target * 7.0), loss, rtol=1e-5, atol=1e-6)
+    assert loss[1].item() == pytest.approx(0.0, abs=1e-6)
+    loss[0].backward()
+    assert pred.grad[0].abs().sum() > 0  # disjoint windows still pull the prediction over
+    with pytest.raises(ValueError, match="end < start"):
+        eiou_loss(pred.detach(), target.flip(-1))

@@ -1,0 +1,262 @@
+"""`regress`: one (start, end) regressed per query from a video+text transformer, EIoU + L1 loss.
+
+After the BRAC Charades notebook (/work/shared/design/regress_charades_notebook.txt): project
+frozen video and text features to one hidden size, concatenate them along the sequence with
+sinusoidal positions, fuse them with a transformer encoder whose attention ignores padding, mean
+pool the video positions, and regress two sigmoid values ordered by min/max into a normalized
+window. Trained with EIoU (1 - IoU + centre term + width term) plus L1.
+
+Normalized coordinates are fractions of the *observed span*: from the start of the first real
+clip to the end of the last one. For a whole video that is [0, duration] (the notebook's
+normalisation); for a training crop it is the crop, so the target is always something the model
+can see. Windows in seconds are ``span_start + fraction * span_length``.
+
+Read top to bottom: the network, its loss, its decoder. Shapes: B batch, T clips, L tokens,
+D hidden, V top-k variants, K predicted windows. Masks are True where real.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ground.models import register_model
+from ground.models.blocks import (
+    Predictions,
+    Projection,
+    check_nonempty,
+    eiou_loss,
+    longest_window,
+    masked_mean,
+    sinusoidal_encoding,
+    temporal_iou,
+)
+
+REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
+VIDEO, TEXT = 0, 1  # rows of the modality embedding
+# Divisor floor for the span's length: sliding-window decoding pads a sample whose video has ended
+# with one placeholder clip of zero length (its output is discarded), which must not yield NaN.
+MIN_SPAN_SEC = 1e-3
+
+
+def observed_span(timestamps: Tensor, mask: Tensor) -> Tensor:
+    """[start of the first real clip, end of the last real clip] in seconds.
+
+    Args:
+        timestamps: (B, T, 2) clip windows in seconds.
+        mask: (B, T) True where a clip is real; each row needs one.
+
+    Returns:
+        (B, 2).
+    """
+    first = timestamps[..., 0].masked_fill(~mask, float("inf")).amin(dim=1)  # (B,)
+    last = timestamps[..., 1].masked_fill(~mask, float("-inf")).amax(dim=1)  # (B,)
+    return torch.stack([first, last], dim=-1)
+
+
+def span_length(span_sec: Tensor) -> Tensor:
+    """(B, 2) span -> (B, 1) its length in seconds, floored at ``MIN_SPAN_SEC``."""
+    return (span_sec[:, 1:] - span_sec[:, :1]).clamp(min=MIN_SPAN_SEC)
+
+
+@register_model("regress")
+class RegressNet(nn.Module):
+    """Direct window regression over a concatenated video+text transformer encoder.
+
+    Decoding: the regressed window is the top-1 answer with score 1. To give R@5 and mAP a
+    ranked list, ``decode`` adds deterministic variants of it: each (shift, scale) pair of
+    ``topk_shifts`` x ``topk_scales`` moves the centre by ``shift * width`` and multiplies the
+    width by ``scale``, clipped to the observed span. A variant's score is its IoU with the
+    regressed window, so scores are in [0, 1] and say how far the hedge strays from the model's
+    answer; equal scores keep grid order (shifts outer, scales inner), and a variant equal to an
+    earlier one is dropped. No saliency, no presence.
+    """
+
+    def __init__(
+        self,
+        video_dim: int,
+        text_dim: int,
+        hidden_dim: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        feedforward_dim: int = 1024,
+        dropout: float = 0.1,
+        position_scale: float = 1000.0,
+        eiou_weight: float = 1.0,
+        l1_weight: float = 1.0,
+        topk_shifts: tuple[float, ...] = (0.0, -0.25, 0.25, -0.5, 0.5),
+        topk_scales: tuple[float, ...] = (1.0, 0.75, 1.25, 0.5, 1.5),
+    ) -> None:
+        """Build the network.
+
+        Args:
+            video_dim: size of the video features (from the cache).
+            text_dim: size of the text token features (from the cache).
+            hidden_dim: width D of the projections and the transformer.
+            num_layers: transformer encoder layers.
+            num_heads: attention heads; must divide ``hidden_dim``.
+            feedforward_dim: inner size of each transformer layer's feed-forward block.
+            dropout: dropout in projections, transformer and regression MLP.
+            position_scale: a clip at fraction 1.0 of the observed span gets sinusoid position this.
+            eiou_weight: weight of the EIoU loss.
+            l1_weight: weight of the L1 loss on the normalized (start, end).
+            topk_shifts: centre shifts of the top-k variants, in widths of the regressed window;
+                must start with 0 so the regressed window itself is the first candidate.
+            topk_scales: width factors of the top-k variants, > 0; must start with 1.
+        """
+        super().__init__()
+        if hidden_dim % num_heads or hidden_dim % 2:
+            raise ValueError(
+                f"regress: hidden_dim {hidden_dim} must be even and divisible by num_heads {num_heads}"
+            )
+        if not topk_shifts or topk_shifts[0] != 0.0:
+            raise ValueError(f"regress: topk_shifts must start with 0.0, got {topk_shifts}")
+        if not topk_scales or topk_scales[0] != 1.0 or min(topk_scales) <= 0:
+            raise ValueError(f"regress: topk_scales must start with 1.0 and be positive, got {topk_scales}")
+        if eiou_weight < 0 or l1_weight < 0 or eiou_weight + l1_weight == 0:
+            raise ValueError(
+                f"regress: loss weights must be >= 0 and not both 0, got {eiou_weight} and {l1_weight}"
+            )
+        self.video_dim = video_dim
+        self.text_dim = text_dim
+        self.position_scale = position_scale
+        self.eiou_weight = eiou_weight
+        self.l1_weight = l1_weight
+        grid = list(itertools.product(topk_shifts, topk_scales))  # shifts outer: the tie order
+        self.register_buffer("variant_grid", torch.tensor(grid, dtype=torch.float32), persistent=False)
+
+        self.video_proj = Projection(video_dim, hidden_dim, dropout)
+        self.text_proj = Projection(text_dim, hidden_dim, dropout)
+        # Without it the encoder could only tell a frame from a token by their feature statistics.
+        self.modality = nn.Embedding(2, hidden_dim)
+        layer = nn.TransformerEncoderLayer(
+            hidden_dim, num_heads, feedforward_dim, dropout, batch_first=True, norm_first=True
+        )
+        # Nested tensors would drop the padded positions; the plain path keeps shapes the same.
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers, norm=nn.LayerNorm(hidden_dim), enable_nested_tensor=False
+        )
+        self.head = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim // 2),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim // 2, 2),
+        )
+
+    # ---- network -----------------------------------------------------------------------------
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Regress one normalized window per query.
+
+        Returns:
+            ``window_norm`` (B, 2) ordered (start, end) in [0, 1] of the observed span, and
+            ``span_sec`` (B, 2) that span in seconds.
+        """
+        self._check_batch(batch)
+        video_mask, text_mask, timestamps = batch["video_mask"], batch["text_mask"], batch["timestamps"]
+        span_sec = observed_span(timestamps, video_mask)  # (B, 2)
+        frames = self.video_proj(batch["video"])  # (B, T, D)
+        tokens = self.text_proj(batch["text"])  # (B, L, D)
+        dim = frames.shape[-1]
+
+        # Frames are placed by where they sit in the span (so any length and stride mean the same),
+        # tokens by their index; both with the transformer sinusoids.
+        centre_sec = timestamps.mean(dim=-1)  # (B, T)
+        fraction = (centre_sec - span_sec[:, :1]) / span_length(span_sec)  # (B, T)
+        frame_pos = sinusoidal_encoding(fraction * self.position_scale, dim)  # (B, T, D)
+        token_index = torch.arange(tokens.shape[1], device=tokens.device, dtype=frames.dtype)
+        token_pos = sinusoidal_encoding(token_index, dim)  # (L, D)
+        frames = frames + frame_pos.to(frames.dtype) + self.modality.weight[VIDEO]
+        tokens = tokens + token_pos.to(tokens.dtype) + self.modality.weight[TEXT]
+
+        sequence = torch.cat([frames, tokens], dim=1)  # (B, T + L, D)
+        padding = ~torch.cat([video_mask, text_mask], dim=1)  # (B, T + L) True = ignore
+        fused = self.encoder(sequence, src_key_padding_mask=padding)  # (B, T + L, D)
+        pooled = masked_mean(fused[:, : frames.shape[1]], video_mask)  # (B, D)
+        raw = torch.sigmoid(self.head(pooled))  # (B, 2)
+        # min/max rather than a sort: both edges get a gradient and start <= end always holds.
+        window_norm = torch.stack([raw.amin(dim=-1), raw.amax(dim=-1)], dim=-1)  # (B, 2)
+        return {"window_norm": window_norm, "span_sec": span_sec}
+
+    def _check_batch(self, batch: dict) -> None:
+        missing = [key for key in REQUIRED_KEYS if key not in batch]
+        if missing:
+            raise KeyError(f"regress: batch is missing {missing}")
+        qids = batch["qid"]
+        video, text = batch["video"], batch["text"]
+        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
+            raise ValueError(
+                f"regress: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch "
+                f"features {video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
+            )
+        check_nonempty(batch["video_mask"], qids, "video clips")
+        check_nonempty(batch["text_mask"], qids, "text tokens")
+        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
+        if bad:
+            raise ValueError(f"regress: non-positive duration for query {', '.join(qids[i] for i in bad)}")
+
+    # ---- loss --------------------------------------------------------------------------------
+
+    def loss(self, output: dict[str, Tensor], batch: dict) -> dict[str, Tensor]:
+        """EIoU + L1 between the regressed window and the query's longest ground-truth window.
+
+        The target is normalized to the observed span and clamped to [0, 1]: the part of a window
+        beyond the clips (a video whose last clip ends before its duration) cannot be seen.
+
+        Returns:
+            ``loss`` (weighted total), ``eiou``, ``l1``, and ``iou`` (mean IoU, for logging only).
+        """
+        gt_sec = longest_window(batch["windows"], batch["window_mask"], batch["qid"])  # (B, 2)
+        span_sec = output["span_sec"]
+        pred = output["window_norm"]  # (B, 2)
+        gt_norm = ((gt_sec - span_sec[:, :1]) / span_length(span_sec)).clamp(0.0, 1.0)
+        gt_norm = gt_norm.to(pred.dtype)
+        eiou = eiou_loss(pred, gt_norm).mean()
+        l1 = F.l1_loss(pred, gt_norm)
+        iou = temporal_iou(pred.detach()[:, None], gt_norm[:, None])[:, 0, 0].mean()
+        total = self.eiou_weight * eiou + self.l1_weight * l1
+        return {"loss": total, "eiou": eiou, "l1": l1, "iou": iou}
+
+    # ---- decoding ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, output: dict[str, Tensor], batch: dict, k: int) -> Predictions:
+        """The regressed window first (score 1), then its shifted/scaled variants by IoU with it."""
+        if k < 1:
+            raise ValueError(f"regress: k must be >= 1, got {k}")
+        window = output["window_norm"].float()  # (B, 2)
+        span_sec = output["span_sec"].float()  # (B, 2)
+        centre = window.mean(dim=-1, keepdim=True)  # (B, 1)
+        width = (window[:, 1] - window[:, 0]).unsqueeze(-1)  # (B, 1)
+        shift, scale = self.variant_grid[:, 0], self.variant_grid[:, 1]  # (V,)
+        variant_centre = centre + shift * width  # (B, V)
+        half = scale * width / 2  # (B, V)
+        variants = torch.stack([variant_centre - half, variant_centre + half], dim=-1).clamp(0.0, 1.0)
+        scores = temporal_iou(variants, window[:, None])[..., 0]  # (B, V)
+        # Every video shares this [0, 1] coordinate; seconds come from each one's observed span.
+        length_sec = span_length(span_sec).unsqueeze(-1)  # (B, 1, 1)
+        variants_sec = span_sec[:, None, :1] + variants * length_sec  # (B, V, 2)
+        variants_sec = torch.minimum(variants_sec.clamp(min=0.0), batch["duration"].float()[:, None, None])
+
+        windows_out, scores_out = [], []
+        for b in range(window.shape[0]):
+            order = torch.sort(scores[b], descending=True, stable=True).indices  # (V,)
+            cand, cand_score = variants_sec[b, order], scores[b, order]
+            # The regressed window scores IoU 1 with itself, except a zero-length one (IoU 0 with
+            # everything) which the stable sort still keeps first; give it the documented score 1.
+            cand_score[0] = 1.0
+            distinct = [0] + [i for i in range(1, len(cand)) if not (cand[:i] == cand[i]).all(-1).any()]
+            cand, cand_score = cand[distinct][:k], cand_score[distinct][:k]
+            missing = k - len(cand)
+            if missing:
+                cand = torch.cat([cand, cand[-1:].expand(missing, 2)])
+                cand_score = torch.cat([cand_score, cand_score.new_full((missing,), float("-inf"))])
+            windows_out.append(cand)
+            scores_out.append(cand_score)
+        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out))

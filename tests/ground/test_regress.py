@@ -1,0 +1,186 @@
+"""Tests of `regress`: its loss by hand, the observed-span normalisation, the top-k variants,
+overfitting, and one fit through the model-agnostic trainer.
+
+The registry-wide contract (forward/backward, padding invariance, decode validity, bad batches)
+is tested for every model in test_span.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from test_span import TEXT_DIM, VIDEO_DIM, make_batch
+
+from cache_schema.fake import write_fake_cache
+from ground.cli import main as ground_main
+from ground.models.blocks import temporal_iou
+from ground.models.regress import MIN_SPAN_SEC, RegressNet, observed_span
+
+CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "regress.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads cost more than they save on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_regress(**overrides: object) -> RegressNet:
+    torch.manual_seed(0)
+    hparams = {"hidden_dim": 32, "num_heads": 4, "feedforward_dim": 64, "dropout": 0.0} | overrides
+    return RegressNet(video_dim=VIDEO_DIM, text_dim=TEXT_DIM, **hparams)
+
+
+def one_window_batch(n_clips: int, window_sec: tuple[float, float], offset_sec: float = 0.0) -> dict:
+    """One query over 1-s clips starting at ``offset_sec`` (a crop when > 0), one window."""
+    batch = make_batch([n_clips])
+    batch["timestamps"] = batch["timestamps"] + offset_sec
+    batch["duration"] = batch["duration"] + 2 * offset_sec
+    batch["windows"][0, 0] = torch.tensor(window_sec)
+    batch["window_mask"][0, 1] = False
+    return batch
+
+
+def test_regress_rejects_inconsistent_hparams() -> None:
+    with pytest.raises(ValueError, match="num_heads"):
+        RegressNet(video_dim=4, text_dim=4, hidden_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="topk_shifts"):
+        RegressNet(video_dim=4, text_dim=4, topk_shifts=(0.5, 0.0))
+    with pytest.raises(ValueError, match="topk_scales"):
+        RegressNet(video_dim=4, text_dim=4, topk_scales=(1.0, 0.0))
+    with pytest.raises(ValueError, match="loss weights"):
+        RegressNet(video_dim=4, text_dim=4, eiou_weight=0.0, l1_weight=0.0)
+
+
+def test_observed_span_ignores_padding_and_survives_a_zero_length_placeholder() -> None:
+    batch = make_batch([3, 5], stride_sec=0.5)
+    torch.testing.assert_close(observed_span(batch["timestamps"], batch["video_mask"]),
+                               torch.tensor([[0.0, 1.5], [0.0, 2.5]]))
+    # Sliding-window decoding gives a sample whose video has ended one placeholder clip [0, 0).
+    batch["timestamps"][1] = 0.0
+    batch["video_mask"][1] = torch.arange(5) < 1
+    model = tiny_regress().eval()
+    with torch.no_grad():
+        preds = model.decode(model(batch), batch, k=3)
+    assert torch.isfinite(preds.windows).all()
+    assert (preds.windows[1] >= 0.0).all() and (preds.windows[1] <= MIN_SPAN_SEC).all()
+
+
+def test_regress_forward_gives_an_ordered_window_inside_the_span() -> None:
+    model = tiny_regress().eval()
+    batch = make_batch([1, 7, 40], stride_sec=0.5)
+    with torch.no_grad():
+        output = model(batch)
+    window = output["window_norm"]
+    assert window.shape == (3, 2)
+    assert (window[:, 0] <= window[:, 1]).all() and (window >= 0).all() and (window <= 1).all()
+    torch.testing.assert_close(output["span_sec"][:, 1], batch["duration"])
+
+
+@pytest.mark.parametrize("offset_sec", [0.0, 20.0])
+def test_regress_loss_by_hand(offset_sec: float) -> None:
+    """Window [2, 6] s of a 10-clip span is [0.2, 0.6]; the same holds in a crop starting at 20 s."""
+    model = tiny_regress()
+    batch = one_window_batch(10, (offset_sec + 2.0, offset_sec + 6.0), offset_sec)
+    output = {"window_norm": torch.tensor([[0.1, 0.5]]),
+              "span_sec": observed_span(batch["timestamps"], batch["video_mask"])}
+    losses = model.loss(output, batch)
+    # IoU 0.3 / 0.5 = 0.6, enclosing 0.5, centres 0.3 vs 0.4, equal widths.
+    assert losses["eiou"].item() == pytest.approx(1 - 0.6 + 0.1**2 / 0.5**2, rel=1e-4)
+    assert losses["l1"].item() == pytest.approx(0.1, rel=1e-4)
+    assert losses["iou"].item() == pytest.approx(0.6, rel=1e-4)
+    assert losses["loss"].item() == pytest.approx(0.44 + 0.1, rel=1e-4)
+    weighted = tiny_regress(eiou_weight=2.0, l1_weight=0.5).loss(output, batch)["loss"]
+    assert weighted.item() == pytest.approx(2 * 0.44 + 0.5 * 0.1, rel=1e-4)
+
+
+def test_regress_loss_uses_the_longest_window_and_names_a_query_without_one() -> None:
+    model = tiny_regress()
+    batch = one_window_batch(10, (2.0, 4.0))
+    batch["windows"][0, 1] = torch.tensor([5.0, 9.0])
+    batch["window_mask"][0, 1] = True
+    output = {"window_norm": torch.tensor([[0.5, 0.9]]), "span_sec": torch.tensor([[0.0, 10.0]])}
+    assert model.loss(output, batch)["l1"].item() == pytest.approx(0.0, abs=1e-6)
+    batch["window_mask"][:] = False
+    with pytest.raises(ValueError, match="q0"):
+        model.loss(output, batch)
+
+
+def test_regress_decode_ranks_the_documented_variants() -> None:
+    model = tiny_regress()
+    batch = one_window_batch(10, (2.0, 6.0))
+    output = {"window_norm": torch.tensor([[0.2, 0.6]]), "span_sec": torch.tensor([[0.0, 10.0]])}
+    preds = model.decode(output, batch, k=5)
+    # Regressed window (IoU 1), then width x1.25 (IoU 0.8), x0.75 (0.75), x1.5 (2/3), then the
+    # tie at 2/3 goes by grid order: shift -1/4 width with x1.5 comes before shift +1/4 with x1.5.
+    expected = [[2.0, 6.0], [1.5, 6.5], [2.5, 5.5], [1.0, 7.0], [0.0, 6.0]]
+    torch.testing.assert_close(preds.windows[0], torch.tensor(expected))
+    torch.testing.assert_close(preds.scores[0], torch.tensor([1.0, 0.8, 0.75, 2 / 3, 2 / 3]))
+    assert preds.saliency is None and preds.presence is None
+
+
+def test_regress_decode_clips_to_the_video_and_drops_repeated_variants() -> None:
+    model = tiny_regress()
+    batch = make_batch([8, 8])
+    output = {"window_norm": torch.tensor([[0.0, 1.0], [0.5, 0.5]]),
+              "span_sec": torch.tensor([[0.0, 8.0], [0.0, 8.0]])}
+    preds = model.decode(output, batch, k=25)
+    assert (preds.windows >= 0).all() and (preds.windows <= 8.0).all()
+    for b in range(2):
+        real = preds.windows[b][preds.window_mask[b]]
+        assert len(torch.unique(real, dim=0)) == len(real), "a window was returned twice"
+    # The whole video: every wider variant clips back to it; a zero-length window has no variants.
+    assert preds.windows[0, 0].tolist() == [0.0, 8.0] and preds.scores[0, 0] == 1.0
+    assert preds.window_mask[0].sum() < 25
+    assert preds.window_mask[1].tolist() == [True] + [False] * 24
+    assert preds.windows[1, 0].tolist() == [4.0, 4.0] and preds.scores[1, 0] == 1.0
+
+
+def test_regress_overfits_eight_samples() -> None:
+    """Clips inside the ground-truth window carry a shared pattern; regress must find it."""
+    torch.manual_seed(0)
+    lengths = [16, 20, 24, 28, 32, 18, 26, 30]
+    batch = make_batch(lengths, text_lengths=[3, 4, 5, 6, 3, 4, 5, 6], seed=3)
+    pattern = torch.randn(VIDEO_DIM) * 1.5
+    gen = torch.Generator().manual_seed(5)
+    batch["window_mask"][:, 1] = False
+    for b, n in enumerate(lengths):
+        width = int(torch.randint(3, n // 2, (1,), generator=gen))
+        first = int(torch.randint(0, n - width + 1, (1,), generator=gen))
+        batch["windows"][b, 0] = torch.tensor([first, first + width], dtype=torch.float32)
+        batch["video"][b, first : first + width] += pattern
+    model = tiny_regress(hidden_dim=64, feedforward_dim=128)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    began = time.perf_counter()
+    model.train()
+    for _ in range(200):
+        optimizer.zero_grad()
+        model.loss(model(batch), batch)["loss"].backward()
+        optimizer.step()
+    elapsed = time.perf_counter() - began
+    model.eval()
+    with torch.no_grad():
+        preds = model.decode(model(batch), batch, k=1)
+    iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
+    recall_at_1 = (iou >= 0.5).float().mean().item()
+    assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
+    assert elapsed < 30.0, f"200 steps took {elapsed:.1f} s"
+
+
+def test_regress_fits_through_the_trainer(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    write_fake_cache(cache, n_videos=6, queries_per_video=2, duration_range_sec=(6.0, 20.0))
+    args = [
+        "fit", "--data.cache", str(cache), "--data.batch_size", "4", "--model", str(CONFIG),
+        "--model.hparams.hidden_dim", "32", "--model.hparams.num_heads", "2",
+        "--model.hparams.feedforward_dim", "64", "--run_dir", str(tmp_path / "runs"),
+        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+    ]
+    assert ground_main(args) == 0
