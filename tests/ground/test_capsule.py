@@ -7,7 +7,6 @@ The registry contract (T in {1, 7, 300}, padding invariance, decode validity, ba
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -207,13 +206,11 @@ def test_capsule_overfits_eight_samples_in_both_decode_modes() -> None:
     model = tiny_capsule(hidden_dim=64, branch_dim=16, capsule_dim=16)
     model.set_epoch(10)  # with the diversity term on
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    began = time.perf_counter()
     model.train()
     for _ in range(250):
         optimizer.zero_grad()
         model.loss(model(batch), batch)["loss"].backward()
         optimizer.step()
-    elapsed = time.perf_counter() - began
     model.eval()
     with torch.no_grad():
         output = model(batch)
@@ -223,4 +220,3 @@ def test_capsule_overfits_eight_samples_in_both_decode_modes() -> None:
         iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
         recall_at_1 = (iou >= 0.5).float().mean().item()
         assert recall_at_1 == 1.0, f"{mode}: R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
-    assert elapsed < 30.0, f"250 steps took {elapsed:.1f} s"

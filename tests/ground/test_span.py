@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -363,17 +362,14 @@ def test_span_overfits_eight_samples() -> None:
         batch["video"][b, first : first + width] += pattern
     model = tiny_span(hidden_dim=64)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    began = time.perf_counter()
     model.train()
     for _ in range(300):
         optimizer.zero_grad()
         model.loss(model(batch), batch)["loss"].backward()
         optimizer.step()
-    elapsed = time.perf_counter() - began
     model.eval()
     with torch.no_grad():
         preds = model.decode(model(batch), batch, k=1)
     iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
     recall_at_1 = (iou >= 0.5).float().mean().item()
     assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
-    assert elapsed < 30.0, f"300 steps took {elapsed:.1f} s"
