@@ -189,7 +189,35 @@ def _report(argv: list[str]) -> int:
     return report_main(argv)
 
 
+def _ground_video(argv: list[str]) -> int:
+    from ground.predict import ground_video_main
+
+    return ground_video_main(argv)
+
+
+def _calibrate_presence(argv: list[str]) -> int:
+    from ground.predict import calibrate_main
+
+    return calibrate_main(argv)
+
+
+def _bench_coarse_to_fine(argv: list[str]) -> int:
+    from ground.predict import bench_coarse_to_fine_main
+
+    return bench_coarse_to_fine_main(argv)
+
+
+def _serve(argv: list[str]) -> int:
+    from ground.serve.app import serve_main
+
+    return serve_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "ground-video": _ground_video,
+    "calibrate-presence": _calibrate_presence,
+    "bench-coarse-to-fine": _bench_coarse_to_fine,
+    "serve": _serve,
     "eval": _eval,
     "demo": _demo,
     "zoo": _zoo,

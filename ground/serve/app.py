@@ -1,0 +1,448 @@
+"""The grounding HTTP API and its web page.
+
+    python -m ground serve --ckpt runs/demo/checkpoints/best.ckpt --media-root data/synthetic \
+        --cache data/synthetic/cache.h5
+
+Endpoints (docs/serving.md): `POST /ground` (JSON naming a video, or a multipart upload),
+`GET /videos`, `GET /health`, `GET /media/{path}` (range requests, for the player) and `GET /`
+(the page). Every error is JSON `{"error": ...}` with its status code.
+
+Security: videos are served and read only from inside the media root. A path with `..`, an
+absolute path, or one whose resolved target (symlinks followed) lies outside the root is
+refused; request bodies are capped (413) while they stream in, so an upload never lands on disk
+beyond the cap. There is no authentication: bind to 127.0.0.1 (the default) or put a proxy with
+authentication in front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ground.predict import COARSE_TO_FINE_DEFAULT, Grounder, VideoNotFoundError, VideoReadError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi")
+"""Files listed by `/videos` and accepted as uploads."""
+MAX_QUERIES = 32
+MAX_QUERY_CHARS = 1000
+MAX_JSON_BYTES = 1 << 20
+"""JSON bodies are tiny; the upload cap applies to multipart bodies only."""
+_CHUNK_BYTES = 1 << 20
+
+Query = Annotated[str, Field(max_length=MAX_QUERY_CHARS)]
+
+
+# -- request and response models ----------------------------------------------------------------
+
+
+class GroundRequest(BaseModel):
+    """`POST /ground` JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_id: str = Field(
+        min_length=1, max_length=4096, description="a path under the media root, or a cached id"
+    )
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+    top_k: int = Field(5, ge=1, le=100)
+    coarse_to_fine: bool | None = Field(None, description="None: the server default where possible")
+
+
+class UploadForm(BaseModel):
+    """The form fields beside the `file` of a multipart `POST /ground`."""
+
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+    top_k: int = Field(5, ge=1, le=100)
+    coarse_to_fine: bool | None = None
+
+
+class Window(BaseModel):
+    start_sec: float
+    end_sec: float
+    score: float
+
+
+class QueryResult(BaseModel):
+    query: str
+    windows: list[Window]
+    presence: float | None
+    found: bool
+    refined: bool
+    saliency: list[tuple[float, float]] | None = Field(description="(t_sec, score) per feature")
+    ground_truth: list[tuple[float, float]] | None = Field(
+        description="windows of the cached query with this text on this video, when there is one"
+    )
+
+
+class GroundResponse(BaseModel):
+    video_id: str
+    duration_sec: float
+    presence_threshold: float
+    results: list[QueryResult]
+
+
+class VideoEntry(BaseModel):
+    id: str = Field(description="what to send as video_id")
+    kind: str = Field(description="'cache' (answered from cached features) or 'file' (decoded)")
+    url: str | None = Field(
+        description="where the player can fetch it, None when it is not under the media root"
+    )
+    duration_sec: float | None = None
+    queries: list[str] = Field(default_factory=list, description="cached query texts of this video")
+
+
+class VideoList(BaseModel):
+    videos: list[VideoEntry]
+
+
+# -- the media root -----------------------------------------------------------------------------
+
+
+class MediaRoot:
+    """Maps client-supplied relative paths to files inside one folder, refusing everything else."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve(strict=True)
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"media root {root} is not a folder")
+
+    def resolve(self, relative: str) -> Path:
+        """The file `relative` names, or an HTTPException (400 malformed, 403 escapes, 404 missing)."""
+        if not relative or "\x00" in relative:
+            raise HTTPException(400, "empty or malformed path")
+        posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
+        if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith("\\"):
+            raise HTTPException(400, f"absolute paths are not allowed: {relative!r}")
+        if ".." in posix.parts or ".." in windows.parts:
+            raise HTTPException(400, f"'..' is not allowed in paths: {relative!r}")
+        try:
+            resolved = (self.root / posix).resolve(strict=True)
+        except (FileNotFoundError, NotADirectoryError):
+            raise HTTPException(404, f"no video {relative!r} under the media root") from None
+        except RuntimeError:  # Path.resolve on a symlink loop
+            raise HTTPException(404, f"no video {relative!r} under the media root (symlink loop)") from None
+        if not resolved.is_relative_to(self.root):
+            raise HTTPException(403, f"{relative!r} points outside the media root")
+        if not resolved.is_file():
+            raise HTTPException(404, f"{relative!r} is not a file")
+        return resolved
+
+    def relative(self, path: str | os.PathLike) -> str | None:
+        """`path` relative to the root when its resolved target lies inside, else None."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.root) or not resolved.is_file():
+            return None
+        return resolved.relative_to(self.root).as_posix()
+
+    def videos(self) -> list[str]:
+        """Video files under the root (symlinks whose target lies outside are left out and logged)."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if not name.lower().endswith(VIDEO_SUFFIXES):
+                    continue
+                rel = self.relative(Path(dirpath) / name)
+                if rel is None:
+                    log.warning("media: %s points outside the media root; not listed", Path(dirpath) / name)
+                    continue
+                found.append((Path(dirpath) / name).relative_to(self.root).as_posix())
+        return found
+
+
+# -- request body limits ------------------------------------------------------------------------
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _capped(receive: Callable[[], Awaitable[dict]], limit_bytes: int) -> Callable[[], Awaitable[dict]]:
+    """An ASGI receive that raises once more than `limit_bytes` of body have arrived."""
+    seen = 0
+
+    async def wrapped() -> dict:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit_bytes:
+                raise _BodyTooLarge
+        return message
+
+    return wrapped
+
+
+def _too_large(limit_bytes: int) -> HTTPException:
+    return HTTPException(413, f"request body exceeds the limit of {limit_bytes / 2**20:.1f} MiB")
+
+
+def _check_length(request: Request, limit_bytes: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise _too_large(limit_bytes)
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+
+def create_app(
+    grounder_or_ckpt: Grounder | str | os.PathLike,
+    media_root: str | os.PathLike,
+    *,
+    max_upload_mb: float = 200,
+    cache: str | os.PathLike | None = None,
+) -> FastAPI:
+    """Build the API around a Grounder (or a checkpoint path, loaded with `cache`).
+
+    Args:
+        grounder_or_ckpt: a loaded Grounder, or the checkpoint to load.
+        media_root: folder whose videos are listed, served and grounded.
+        max_upload_mb: largest multipart upload in MiB (413 above it).
+        cache: cache to answer cached video ids from (only with a checkpoint path; a Grounder
+            carries its own).
+    """
+    if isinstance(grounder_or_ckpt, Grounder):
+        if cache is not None:
+            raise ValueError(
+                "create_app: pass the cache to Grounder.from_checkpoint, not beside a loaded Grounder"
+            )
+        grounder = grounder_or_ckpt
+    else:
+        grounder = Grounder.from_checkpoint(grounder_or_ckpt, cache=cache)
+    media = MediaRoot(media_root)
+    upload_limit = int(max_upload_mb * 2**20)
+    cached_ids = set(grounder.cached_video_ids)
+    # Cached videos whose source file lies under the media root can be played by the page.
+    cached_url: dict[str, str | None] = {}
+    source_vid: dict[str, str] = {}  # media-relative path -> cached id
+    cached_queries: dict[str, list[str]] = {}
+    if grounder.cache is not None:
+        for item in grounder.cache.queries():
+            cached_queries.setdefault(item.vid, []).append(item.text)
+        for vid in grounder.cached_video_ids:
+            source = grounder.cache.video_meta(vid).source
+            rel = media.relative(source) if source else None
+            cached_url[vid] = rel
+            if rel is not None:
+                source_vid[rel] = vid
+
+    app = FastAPI(
+        title="groundcache grounding API",
+        description="Find the moments of a video that sentences describe.",
+        version="1",
+    )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"error": "invalid request", "detail": jsonable_encoder(exc.errors())}, status_code=422
+        )
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "checkpoint": Path(grounder.checkpoint).name,
+            "video_encoders": [s.name for s in grounder.video_specs],
+            "text_encoder": grounder.text_spec.name,
+            "cached_videos": len(cached_ids),
+            "presence_threshold": grounder.presence_threshold,
+            "coarse_to_fine_default": COARSE_TO_FINE_DEFAULT,
+            "max_upload_mb": max_upload_mb,
+        }
+
+    @app.get("/videos", response_model=VideoList)
+    def videos() -> VideoList:
+        entries = []
+        for vid in grounder.cached_video_ids:
+            rel = cached_url[vid]
+            entries.append(
+                VideoEntry(
+                    id=vid,
+                    kind="cache",
+                    url=None if rel is None else f"/media/{rel}",
+                    duration_sec=grounder.cache.video_meta(vid).duration_sec,
+                    queries=cached_queries.get(vid, []),
+                )
+            )
+        for rel in media.videos():
+            if rel not in source_vid:
+                entries.append(VideoEntry(id=rel, kind="file", url=f"/media/{rel}"))
+        return VideoList(videos=entries)
+
+    @app.get("/media/{path:path}")
+    def media_file(path: str) -> FileResponse:
+        # FileResponse answers Range requests (206), which the player needs to seek.
+        return FileResponse(media.resolve(path))
+
+    @app.post(
+        "/ground",
+        response_model=GroundResponse,
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/json": {"schema": GroundRequest.model_json_schema()},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file", "queries"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "queries": {"type": "array", "items": {"type": "string"}},
+                                "top_k": {"type": "integer", "default": 5},
+                                "coarse_to_fine": {"type": "boolean"},
+                            },
+                        }
+                    },
+                },
+                "required": True,
+            }
+        },
+    )
+    async def ground(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            return await _ground_upload(request)
+        if not content_type.startswith("application/json"):
+            raise HTTPException(415, "send application/json or multipart/form-data")
+        _check_length(request, MAX_JSON_BYTES)
+        try:
+            body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
+        except _BodyTooLarge:
+            raise _too_large(MAX_JSON_BYTES) from None
+        try:
+            req = GroundRequest.model_validate_json(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False)) from None
+        if req.video_id in cached_ids:
+            video: str | Path = req.video_id
+            vid = req.video_id
+        else:
+            video = media.resolve(req.video_id)
+            vid = source_vid.get(media.relative(video) or "")
+        results = await _run(video, req.queries, req.top_k, req.coarse_to_fine)
+        return _respond(req.video_id, results, vid)
+
+    async def _ground_upload(request: Request) -> JSONResponse:
+        _check_length(request, upload_limit)
+        limited = Request(request.scope, _capped(request.receive, upload_limit))
+        try:
+            form = await limited.form(max_files=1, max_fields=MAX_QUERIES + 4)
+        except _BodyTooLarge:
+            raise _too_large(upload_limit) from None
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "multipart request needs a 'file' part with the video")
+            suffix = Path(upload.filename or "").suffix.lower()
+            if suffix not in VIDEO_SUFFIXES:
+                raise HTTPException(
+                    400, f"upload {upload.filename!r}: expected one of {', '.join(VIDEO_SUFFIXES)}"
+                )
+            fields: dict[str, Any] = {"queries": form.getlist("queries")}
+            for name in ("top_k", "coarse_to_fine"):
+                if form.get(name) not in (None, ""):
+                    fields[name] = form.get(name)
+            try:
+                params = UploadForm.model_validate(fields)
+            except ValidationError as err:
+                raise RequestValidationError(err.errors(include_url=False)) from None
+            with tempfile.TemporaryDirectory(prefix="groundcache-upload-") as tmp:
+                path = Path(tmp) / f"upload{suffix}"
+                with path.open("wb") as f:
+                    while chunk := await upload.read(_CHUNK_BYTES):
+                        f.write(chunk)
+                results = await _run(path, params.queries, params.top_k, params.coarse_to_fine)
+            return _respond(upload.filename or "upload", results, None)
+        finally:
+            await form.close()
+
+    async def _run(
+        video: str | Path, queries: Sequence[str], top_k: int, coarse_to_fine: bool | None
+    ) -> list:
+        try:
+            # Inference is CPU/GPU bound: keep it off the event loop.
+            return await run_in_threadpool(
+                grounder.ground, video, queries, top_k=top_k, coarse_to_fine=coarse_to_fine
+            )
+        except VideoNotFoundError as err:
+            raise HTTPException(404, str(err)) from None
+        except VideoReadError as err:
+            raise HTTPException(400, str(err)) from None
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+
+    def _respond(video_id: str, results: list, vid: str | None) -> JSONResponse:
+        response = GroundResponse(
+            video_id=video_id,
+            duration_sec=results[0].duration_sec,
+            presence_threshold=grounder.presence_threshold,
+            results=[
+                QueryResult(
+                    query=r.query,
+                    windows=[Window(start_sec=s, end_sec=e, score=c) for s, e, c in r.windows],
+                    presence=r.presence,
+                    found=r.found,
+                    refined=r.refined,
+                    saliency=r.saliency,
+                    ground_truth=None if vid is None else grounder.ground_truth(vid, r.query),
+                )
+                for r in results
+            ],
+        )
+        return JSONResponse(response.model_dump())
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ground serve --ckpt M.ckpt --media-root DIR [--cache C.h5] [--host H --port P]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ground serve", description="Serve the grounding API and page."
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `python -m ground fit`")
+    parser.add_argument("--media-root", required=True, help="folder of the videos to list, play and ground")
+    parser.add_argument("--cache", default=None, help="cache made with the checkpoint's encoders")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (no authentication: keep it local)"
+    )
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=200, help="largest upload (413 above)")
+    parser.add_argument("--device", default="cpu", help="torch device of the network and encoders")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    grounder = Grounder.from_checkpoint(args.ckpt, device=args.device, cache=args.cache)
+    app = create_app(grounder, args.media_root, max_upload_mb=args.max_upload_mb)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without authentication; anyone who can reach it can use it", args.host)
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
