@@ -29,7 +29,13 @@ import torch
 from cache_schema.spec import EncoderSpec
 from cache_schema.store import CacheReader
 from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder
-from extract.video import Backend, SampledVideo, decode_frames_at, sample_video
+from extract.video import Backend, SampledVideo, VideoDecodeError, decode_frames_at, sample_video
+
+# Re-exported: what callers of this interface catch when a video cannot be read.
+__all__ = [
+    "FeatureExtractor", "VideoDecodeError", "decode_short_side", "encode_frames", "encode_texts",
+    "frames_for_encoder", "sample_for_encoders",
+]
 
 log = logging.getLogger(__name__)
 
