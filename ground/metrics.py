@@ -429,7 +429,7 @@ class MomentRetrievalMetric(Metric):
 
         Args:
             pred_windows: (B, K, 2) predicted windows in seconds.
-            pred_scores: (B, K) their scores.
+            pred_scores: (B, K) their scores; -inf marks a filler slot, which is left out.
             gt_windows: (B, W, 2) ground-truth windows in seconds, padded.
             window_mask: (B, W) True where a ground-truth window is real.
         """
@@ -445,10 +445,14 @@ class MomentRetrievalMetric(Metric):
                 f"expected gt_windows (B, W, 2) and window_mask (B, W) with B={batch}, got "
                 f"{tuple(gt_windows.shape)} and {tuple(window_mask.shape)}"
             )
-        num_pred = pred_scores.shape[1]
-        self.pred_windows.append(pred_windows.detach().reshape(-1, 2).double())  # (B*K, 2)
-        self.pred_scores.append(pred_scores.detach().reshape(-1).double())  # (B*K,)
-        self.pred_counts.append(torch.full((batch,), num_pred, dtype=torch.long, device=pred_scores.device))
+        # Slots scored -inf are fillers (`Predictions`: fewer real candidates than K); drop them
+        # rather than score copies of a window twice.
+        real = torch.isfinite(pred_scores)  # (B, K)
+        if not real.any(dim=1).all():
+            raise ValueError("every query needs at least one window with a finite score")
+        self.pred_windows.append(pred_windows.detach()[real].double())  # (sum K_b, 2), row-major = per query
+        self.pred_scores.append(pred_scores.detach()[real].double())  # (sum K_b,)
+        self.pred_counts.append(real.sum(dim=1).long())  # (B,)
         mask = window_mask.bool()
         self.gt_windows.append(gt_windows.detach()[mask].double())  # (sum W_b, 2), row-major = per query
         self.gt_counts.append(mask.sum(dim=1).long())  # (B,)

@@ -644,3 +644,17 @@ def test_real_val_ground_truth_parses(qvh_val: list[dict]) -> None:
     assert len(queries) == 1550
     assert all(q.saliency is not None and q.saliency.shape == (q.duration_sec // 2, 3) for q in queries)
     assert sum(len(q.windows) > 1 for q in queries) > 100  # multi-window queries are common
+
+
+def test_metric_drops_filler_slots() -> None:
+    """-inf slots (fewer real candidates than K) are left out, not scored as duplicate windows."""
+    gt = torch.tensor([[[0.0, 4.0]]])
+    mask = torch.tensor([[True]])
+    with_filler = MomentRetrievalMetric()
+    with_filler.update(torch.tensor([[[0.0, 4.0], [0.0, 4.0]]]), torch.tensor([[1.0, float("-inf")]]), gt, mask)
+    alone = MomentRetrievalMetric()
+    alone.update(torch.tensor([[[0.0, 4.0]]]), torch.tensor([[1.0]]), gt, mask)
+    assert with_filler.compute() == alone.compute()
+    assert with_filler.compute()["MR-full-mAP"] == 100.0
+    with pytest.raises(ValueError, match="at least one window"):
+        MomentRetrievalMetric().update(torch.zeros(1, 1, 2), torch.tensor([[float("-inf")]]), gt, mask)
