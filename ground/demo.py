@@ -7,6 +7,7 @@ Every step is the public command a user would run; the extract steps run as subp
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -53,10 +54,12 @@ def _test(module: GroundingModule, data: GroundingDataModule, ckpt: str | None =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ground demo", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "synthetic")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=110)
+    # Lightning prints its hardware banner for every Trainer; the demo builds several.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     # Small tensors: one intra-op thread is as fast as two and immune to oversubscription.
     torch.set_num_threads(1)
@@ -107,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         baseline = GroundingModule(name=name, video_dim=data.video_dim, text_dim=data.text_dim)
         rows[f"{name} (baseline)"] = _test(baseline, data)
-    table = Table("model", *SHOWN, title=f"synthetic test split ({len(data.load('test'))} queries)")
+    table = Table(
+        "model",
+        *(k.removeprefix("MR-full-") for k in SHOWN),
+        title=f"synthetic test split ({len(data.load('test'))} queries), metrics in %",
+    )
     for name, metrics in rows.items():
         table.add_row(name, *(f"{metrics[k]:.1f}" for k in SHOWN))
     console.print(table)
