@@ -270,6 +270,8 @@ class GroundingDataModule(L.LightningDataModule):
         eval_batch_size: queries per batch in validation/test/predict (default: batch_size).
         max_train_clips: crop training videos longer than this many clips around the target (None: no crop).
         window_policy: ground truth past the end of the features: "clip" (counted, warned) or "error".
+        length_buckets: ground-truth length buckets (seconds) reported beside "full", per dataset, e.g.
+            "short=0:10,middle=10:30,long=30:150" (QVHighlights'); passed on to the model's metrics.
         device_resident: keep split tensors on the accelerator and gather batches there.
         seed: seed of shuffling and crops.
     """
@@ -287,6 +289,7 @@ class GroundingDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         max_train_clips: int | None = None,
         window_policy: WindowPolicy = "clip",
+        length_buckets: str | None = None,
         device_resident: bool = True,
         seed: int = 0,
     ) -> None:
