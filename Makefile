@@ -6,7 +6,7 @@ MODEL ?= span
 ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import
+.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import bench-predict
 
 setup: $(STAMP)
 
@@ -49,3 +49,6 @@ bench-train: $(STAMP)
 
 bench-import: $(STAMP)
 	$(PY) -m extract.bench_import $(ARGS)
+
+bench-predict: $(STAMP)
+	$(PY) -m ground.bench_predict $(ARGS)
