@@ -82,6 +82,33 @@ def check_nonempty(mask: Tensor, ids: Sequence[str], what: str) -> None:
         raise ValueError(f"no real {what} for query {names}: every entry of the mask is False")
 
 
+BATCH_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
+"""Keys of the batch dict (docs/architecture.md) that every network reads."""
+
+
+def check_batch(model: str, batch: dict, video_dim: int, text_dim: int) -> None:
+    """Refuse a batch a network cannot use, naming the network and the offending queries.
+
+    Checks the keys, the feature dims the network was built for, that every sample has at
+    least one real clip and token, and positive durations.
+    """
+    missing = [key for key in BATCH_KEYS if key not in batch]
+    if missing:
+        raise KeyError(f"{model}: batch is missing {missing}")
+    qids = batch["qid"]
+    video, text = batch["video"], batch["text"]
+    if video.shape[-1] != video_dim or text.shape[-1] != text_dim:
+        raise ValueError(
+            f"{model}: built for video_dim={video_dim}, text_dim={text_dim}, got batch features "
+            f"{video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
+        )
+    check_nonempty(batch["video_mask"], qids, "video clips")
+    check_nonempty(batch["text_mask"], qids, "text tokens")
+    bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
+    if bad:
+        raise ValueError(f"{model}: non-positive duration for query {', '.join(str(qids[i]) for i in bad)}")
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean over the real entries of dim 1. x (B, N, D), mask (B, N) -> (B, D)."""
     weights = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
@@ -282,8 +309,10 @@ def nms_1d(windows: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     _check_windows(windows, "nms_1d: windows")
     if windows.ndim != 2 or scores.shape != windows.shape[:1]:
-        raise ValueError(f"nms_1d: windows must be (N, 2) and scores (N,), got {tuple(windows.shape)} "
-                         f"and {tuple(scores.shape)}")
+        raise ValueError(
+            f"nms_1d: windows must be (N, 2) and scores (N,), got {tuple(windows.shape)} "
+            f"and {tuple(scores.shape)}"
+        )
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"nms_1d: iou_threshold must be in [0, 1], got {iou_threshold}")
     order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
@@ -332,8 +361,9 @@ def longest_window(windows: Tensor, window_mask: Tensor, ids: Sequence[str]) -> 
 # Targets and decoding
 
 
-def gaussian_boundary_targets(edges_sec: Tensor, boundary_sec: Tensor, sigma_sec: Tensor | float,
-                              mask: Tensor) -> Tensor:
+def gaussian_boundary_targets(
+    edges_sec: Tensor, boundary_sec: Tensor, sigma_sec: Tensor | float, mask: Tensor
+) -> Tensor:
     """Soft label over clips for one boundary: a Gaussian of the clip edge's distance to it.
 
     For a start boundary pass each clip's start time as ``edges_sec``, for an end boundary its
@@ -360,8 +390,15 @@ def gaussian_boundary_targets(edges_sec: Tensor, boundary_sec: Tensor, sigma_sec
     return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
 
 
-def decode_spans(start_logits: Tensor, end_logits: Tensor, timestamps: Tensor, mask: Tensor,
-                 max_span_sec: Tensor, k: int, nms_iou_threshold: float | None) -> tuple[Tensor, Tensor]:
+def decode_spans(
+    start_logits: Tensor,
+    end_logits: Tensor,
+    timestamps: Tensor,
+    mask: Tensor,
+    max_span_sec: Tensor,
+    k: int,
+    nms_iou_threshold: float | None,
+) -> tuple[Tensor, Tensor]:
     """SQuAD-style decoding of per-clip start/end logits into the best ``k`` windows.
 
     A span (s, e) over real clips is valid when ``s <= e`` and its length

@@ -31,15 +31,13 @@ from ground.models.blocks import (
     MaskedAttention,
     Predictions,
     Projection,
-    check_nonempty,
+    check_batch,
     decode_spans,
     longest_window,
     masked_mean,
     nms_1d,
     sinusoidal_encoding,
 )
-
-REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
 
 DecodeMode = Literal["argmax", "soft"]
 
@@ -307,21 +305,7 @@ class CapsuleNet(nn.Module):
         }
 
     def _check_batch(self, batch: dict) -> None:
-        missing = [key for key in REQUIRED_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"capsule: batch is missing {missing}")
-        qids = batch["qid"]
-        video, text = batch["video"], batch["text"]
-        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
-            raise ValueError(
-                f"capsule: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch "
-                f"features {video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
-            )
-        check_nonempty(batch["video_mask"], qids, "video clips")
-        check_nonempty(batch["text_mask"], qids, "text tokens")
-        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
-        if bad:
-            raise ValueError(f"capsule: non-positive duration for query {', '.join(qids[i] for i in bad)}")
+        check_batch("capsule", batch, self.video_dim, self.text_dim)
 
     # ---- loss --------------------------------------------------------------------------------
 

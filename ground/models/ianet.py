@@ -29,13 +29,12 @@ from ground.models import register_model
 from ground.models.blocks import (
     Predictions,
     Projection,
+    check_batch,
     check_nonempty,
     nms_1d,
     sinusoidal_encoding,
     temporal_iou,
 )
-
-REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
 
 
 class SequenceEncoder(nn.Module):
@@ -321,28 +320,16 @@ class IANet(nn.Module):
         return {"anchors": anchors, "confidence_logits": confidence, "offsets": offsets}
 
     def _check_batch(self, batch: dict) -> None:
-        missing = [key for key in REQUIRED_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"ianet: batch is missing {missing}")
+        check_batch("ianet", batch, self.video_dim, self.text_dim)
         qids = batch["qid"]
-        video, text = batch["video"], batch["text"]
-        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
-            raise ValueError(
-                f"ianet: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch features "
-                f"{video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
-            )
-        for key, what in (("video_mask", "video clips"), ("text_mask", "text tokens")):
+        for key in ("video_mask", "text_mask"):
             mask = batch[key]
-            check_nonempty(mask, qids, what)
             # The GRU packing and the anchors read the first mask.sum() entries as the real ones.
             prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < mask.sum(1, keepdim=True)
             bad = (prefix != mask).any(dim=1).nonzero(as_tuple=True)[0].tolist()
             if bad:
                 names = ", ".join(qids[i] for i in bad)
                 raise ValueError(f"ianet: {key} is not right-padded (real entries first) for query {names}")
-        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
-        if bad:
-            raise ValueError(f"ianet: non-positive duration for query {', '.join(qids[i] for i in bad)}")
 
     # ---- loss --------------------------------------------------------------------------------
 

@@ -37,12 +37,12 @@ from ground.models.blocks import (
     MaskedAttention,
     Predictions,
     Projection,
+    check_batch,
     check_nonempty,
     eiou_loss,
     nms_1d,
 )
 
-REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
 # exp() of a head output is capped here: e^10 clips is longer than any video, and the cap keeps
 # a diverging head finite rather than inf.
 MAX_LOG_CLIPS = 10.0
@@ -305,22 +305,7 @@ class LocalGlobalNet(nn.Module):
         return boundary, segment, confidence
 
     def _check_batch(self, batch: dict) -> None:
-        missing = [key for key in REQUIRED_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"localglobal: batch is missing {missing}")
-        qids = batch["qid"]
-        video, text = batch["video"], batch["text"]
-        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
-            raise ValueError(
-                f"localglobal: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch "
-                f"features {video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
-            )
-        check_nonempty(batch["video_mask"], qids, "video clips")
-        check_nonempty(batch["text_mask"], qids, "text tokens")
-        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
-        if bad:
-            names = ", ".join(qids[i] for i in bad)
-            raise ValueError(f"localglobal: non-positive duration for query {names}")
+        check_batch("localglobal", batch, self.video_dim, self.text_dim)
 
     # ---- loss --------------------------------------------------------------------------------
 

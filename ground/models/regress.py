@@ -27,7 +27,7 @@ from ground.models import register_model
 from ground.models.blocks import (
     Predictions,
     Projection,
-    check_nonempty,
+    check_batch,
     eiou_loss,
     longest_window,
     masked_mean,
@@ -35,7 +35,6 @@ from ground.models.blocks import (
     temporal_iou,
 )
 
-REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
 VIDEO, TEXT = 0, 1  # rows of the modality embedding
 # Divisor floor for the span's length: sliding-window decoding pads a sample whose video has ended
 # with one placeholder clip of zero length (its output is discarded), which must not yield NaN.
@@ -185,21 +184,7 @@ class RegressNet(nn.Module):
         return {"window_norm": window_norm, "span_sec": span_sec}
 
     def _check_batch(self, batch: dict) -> None:
-        missing = [key for key in REQUIRED_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"regress: batch is missing {missing}")
-        qids = batch["qid"]
-        video, text = batch["video"], batch["text"]
-        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
-            raise ValueError(
-                f"regress: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch "
-                f"features {video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
-            )
-        check_nonempty(batch["video_mask"], qids, "video clips")
-        check_nonempty(batch["text_mask"], qids, "text tokens")
-        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
-        if bad:
-            raise ValueError(f"regress: non-positive duration for query {', '.join(qids[i] for i in bad)}")
+        check_batch("regress", batch, self.video_dim, self.text_dim)
 
     # ---- loss --------------------------------------------------------------------------------
 

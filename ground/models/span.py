@@ -25,7 +25,7 @@ from ground.models.blocks import (
     MaskedAttention,
     Predictions,
     Projection,
-    check_nonempty,
+    check_batch,
     clips_in_windows,
     decode_spans,
     gaussian_boundary_targets,
@@ -34,8 +34,6 @@ from ground.models.blocks import (
     masked_max,
     masked_mean,
 )
-
-REQUIRED_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask", "qid", "vid")
 
 
 class DilatedConvBlock(nn.Module):
@@ -223,21 +221,7 @@ class SpanNet(nn.Module):
         return output
 
     def _check_batch(self, batch: dict) -> None:
-        missing = [key for key in REQUIRED_KEYS if key not in batch]
-        if missing:
-            raise KeyError(f"span: batch is missing {missing}")
-        qids = batch["qid"]
-        video, text = batch["video"], batch["text"]
-        if video.shape[-1] != self.video_dim or text.shape[-1] != self.text_dim:
-            raise ValueError(
-                f"span: built for video_dim={self.video_dim}, text_dim={self.text_dim}, got batch features "
-                f"{video.shape[-1]} and {text.shape[-1]} (queries {list(qids)[:3]}...)"
-            )
-        check_nonempty(batch["video_mask"], qids, "video clips")
-        check_nonempty(batch["text_mask"], qids, "text tokens")
-        bad = (batch["duration"] <= 0).nonzero(as_tuple=True)[0].tolist()
-        if bad:
-            raise ValueError(f"span: non-positive duration for query {', '.join(qids[i] for i in bad)}")
+        check_batch("span", batch, self.video_dim, self.text_dim)
 
     # ---- loss --------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ is tested for every model in test_span.py.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,20 +157,17 @@ def test_regress_overfits_eight_samples() -> None:
         batch["video"][b, first : first + width] += pattern
     model = tiny_regress(hidden_dim=64, feedforward_dim=128)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    began = time.perf_counter()
     model.train()
     for _ in range(200):
         optimizer.zero_grad()
         model.loss(model(batch), batch)["loss"].backward()
         optimizer.step()
-    elapsed = time.perf_counter() - began
     model.eval()
     with torch.no_grad():
         preds = model.decode(model(batch), batch, k=1)
     iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
     recall_at_1 = (iou >= 0.5).float().mean().item()
     assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
-    assert elapsed < 30.0, f"200 steps took {elapsed:.1f} s"
 
 
 def test_regress_fits_through_the_trainer(tmp_path: Path) -> None:
