@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, planted_batch, train_steps
 
 from ground.models.blocks import decode_spans, temporal_iou
 from ground.models.capsule import CapsuleNet, CapsuleRouting, squash
-from tests.ground.test_span import TEXT_DIM, VIDEO_DIM, make_batch
 
 
 @pytest.fixture(autouse=True)
@@ -165,8 +165,15 @@ def test_argmax_decoding_is_span_decoding() -> None:
     with torch.no_grad():
         output = model(batch)
         preds = model.decode(output, batch, k=5)
-    windows, scores = decode_spans(output["start_logits"], output["end_logits"], batch["timestamps"],
-                                   batch["video_mask"], batch["duration"], 5, 0.7)
+    windows, scores = decode_spans(
+        output["start_logits"],
+        output["end_logits"],
+        batch["timestamps"],
+        batch["video_mask"],
+        batch["duration"],
+        5,
+        0.7,
+    )
     torch.testing.assert_close(preds.windows, windows)
     torch.testing.assert_close(preds.scores, scores)
 
@@ -192,31 +199,12 @@ def test_soft_decoding_puts_the_expected_window_first() -> None:
 
 def test_capsule_overfits_eight_samples_in_both_decode_modes() -> None:
     """Clips inside the ground-truth window carry a shared pattern; the network must find them."""
-    torch.manual_seed(0)
-    lengths = [16, 20, 24, 28, 32, 18, 26, 30]
-    batch = make_batch(lengths, text_lengths=[3, 4, 5, 6, 3, 4, 5, 6], seed=3)
-    pattern = torch.randn(VIDEO_DIM) * 1.5
-    gen = torch.Generator().manual_seed(5)
-    batch["window_mask"][:, 1] = False
-    for b, n in enumerate(lengths):
-        width = int(torch.randint(3, n // 2, (1,), generator=gen))
-        first = int(torch.randint(0, n - width + 1, (1,), generator=gen))
-        batch["windows"][b, 0] = torch.tensor([first, first + width], dtype=torch.float32)
-        batch["video"][b, first : first + width] += pattern
+    batch = planted_batch()
     model = tiny_capsule(hidden_dim=64, branch_dim=16, capsule_dim=16)
     model.set_epoch(10)  # with the diversity term on
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(250):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)["loss"].backward()
-        optimizer.step()
-    model.eval()
+    train_steps(model, batch, steps=250, lr=1e-3)
     with torch.no_grad():
         output = model(batch)
     for mode in ("argmax", "soft"):
         model.decode_mode = mode
-        preds = model.decode(output, batch, k=1)
-        iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
-        recall_at_1 = (iou >= 0.5).float().mean().item()
-        assert recall_at_1 == 1.0, f"{mode}: R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
+        assert_recall_at_1(model, batch, output, label=f"{mode}: ")

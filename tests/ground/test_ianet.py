@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, planted_batch, train_steps
 
 from ground.models.blocks import nms_1d, temporal_iou
 from ground.models.ianet import Calibration, IANet, anchor_windows, nms_top_k
-from tests.ground.test_span import TEXT_DIM, VIDEO_DIM, make_batch
 
 
 @pytest.fixture(autouse=True)
@@ -150,27 +150,7 @@ def test_nms_top_k_matches_full_nms() -> None:
 
 def test_ianet_overfits_eight_samples() -> None:
     """Clips inside the ground-truth window carry a shared pattern; the network must find them."""
-    torch.manual_seed(0)
-    lengths = [16, 20, 24, 28, 32, 18, 26, 30]
-    batch = make_batch(lengths, text_lengths=[3, 4, 5, 6, 3, 4, 5, 6], seed=3)
-    pattern = torch.randn(VIDEO_DIM) * 1.5
-    gen = torch.Generator().manual_seed(5)
-    batch["window_mask"][:, 1] = False
-    for b, n in enumerate(lengths):
-        width = int(torch.randint(3, n // 2, (1,), generator=gen))
-        first = int(torch.randint(0, n - width + 1, (1,), generator=gen))
-        batch["windows"][b, 0] = torch.tensor([first, first + width], dtype=torch.float32)
-        batch["video"][b, first : first + width] += pattern
+    batch = planted_batch()
     model = tiny_ianet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(150):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)["loss"].backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        preds = model.decode(model(batch), batch, k=1)
-    iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
-    recall_at_1 = (iou >= 0.5).float().mean().item()
-    assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
+    train_steps(model, batch, steps=150, lr=2e-3)
+    assert_recall_at_1(model, batch)

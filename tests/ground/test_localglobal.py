@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_span import TEXT_DIM, VIDEO_DIM, make_batch
+from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, planted_batch, train_steps
 from torch import Tensor, nn
 
 from cache_schema.fake import write_fake_cache
 from ground.cli import main as ground_main
-from ground.models.blocks import temporal_iou
 from ground.models.localglobal import GlobalContextBlock, LocalGlobalNet, assign_clips
 
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "localglobal.yaml"
@@ -145,10 +144,12 @@ def test_localglobal_loss_by_hand() -> None:
 def test_localglobal_decode_fuses_heads_ranks_by_confidence_and_suppresses() -> None:
     model = tiny_localglobal(nms_iou_threshold=0.5)
     batch = make_batch([4, 2])
-    boundary = torch.tensor([[[0.0, 2.0], [1.0, 3.0], [0.0, 2.2], [3.0, 4.0]],
-                             [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
-    segment = torch.tensor([[[0.0, 2.0], [1.0, 4.0], [0.2, 2.0], [3.0, 5.0]],
-                            [[-1.0, 1.0], [1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]])
+    boundary = torch.tensor(
+        [[[0.0, 2.0], [1.0, 3.0], [0.0, 2.2], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]]
+    )
+    segment = torch.tensor(
+        [[[0.0, 2.0], [1.0, 4.0], [0.2, 2.0], [3.0, 5.0]], [[-1.0, 1.0], [1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]]
+    )
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0], [0.0, 3.0, float("-inf"), float("-inf")]])
     output = {"boundary_windows_sec": boundary, "segment_windows_sec": segment, "confidence_logits": logits}
     preds = model.decode(output, batch, k=4)
@@ -188,8 +189,14 @@ def test_localize_exports_to_onnx(tmp_path: Path) -> None:
     path = tmp_path / "localglobal.onnx"
     # Exported with autograd on: under no_grad, nn.MultiheadAttention takes a fused fast path that
     # has no ONNX symbolic.
-    torch.onnx.export(Localize(model), inputs, str(path), input_names=list(TENSOR_KEYS),
-                      output_names=["boundary", "segment", "confidence"], dynamo=False)
+    torch.onnx.export(
+        Localize(model),
+        inputs,
+        str(path),
+        input_names=list(TENSOR_KEYS),
+        output_names=["boundary", "segment", "confidence"],
+        dynamo=False,
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {key: value.numpy() for key, value in zip(TENSOR_KEYS, inputs, strict=True)})
     with torch.no_grad():
@@ -200,39 +207,34 @@ def test_localize_exports_to_onnx(tmp_path: Path) -> None:
 
 def test_localglobal_overfits_eight_samples() -> None:
     """Clips inside the ground-truth window carry a shared pattern; localglobal must find it."""
-    torch.manual_seed(0)
-    lengths = [16, 20, 24, 28, 32, 18, 26, 30]
-    batch = make_batch(lengths, text_lengths=[3, 4, 5, 6, 3, 4, 5, 6], seed=3)
-    pattern = torch.randn(VIDEO_DIM) * 1.5
-    gen = torch.Generator().manual_seed(5)
-    batch["window_mask"][:, 1] = False
-    for b, n in enumerate(lengths):
-        width = int(torch.randint(3, n // 2, (1,), generator=gen))
-        first = int(torch.randint(0, n - width + 1, (1,), generator=gen))
-        batch["windows"][b, 0] = torch.tensor([first, first + width], dtype=torch.float32)
-        batch["video"][b, first : first + width] += pattern
+    batch = planted_batch()
     model = tiny_localglobal(hidden_dim=64)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(150):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)["loss"].backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        preds = model.decode(model(batch), batch, k=1)
-    iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
-    recall_at_1 = (iou >= 0.5).float().mean().item()
-    assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
+    train_steps(model, batch, steps=150, lr=1e-3)
+    assert_recall_at_1(model, batch)
 
 
 def test_localglobal_fits_through_the_trainer(tmp_path: Path) -> None:
     cache = tmp_path / "cache.h5"
     write_fake_cache(cache, n_videos=6, queries_per_video=2, duration_range_sec=(6.0, 20.0))
     args = [
-        "fit", "--data.cache", str(cache), "--data.batch_size", "4", "--model", str(CONFIG),
-        "--model.hparams.hidden_dim", "32", "--model.hparams.num_heads", "2",
-        "--model.hparams.num_layers", "1", "--run_dir", str(tmp_path / "runs"),
-        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "fit",
+        "--data.cache",
+        str(cache),
+        "--data.batch_size",
+        "4",
+        "--model",
+        str(CONFIG),
+        "--model.hparams.hidden_dim",
+        "32",
+        "--model.hparams.num_heads",
+        "2",
+        "--model.hparams.num_layers",
+        "1",
+        "--run_dir",
+        str(tmp_path / "runs"),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
     assert ground_main(args) == 0

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_span import TEXT_DIM, VIDEO_DIM, make_batch
+from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, planted_batch, train_steps
 
 from cache_schema.fake import write_fake_cache
 from ground.cli import main as ground_main
-from ground.models.blocks import temporal_iou
 from ground.models.regress import MIN_SPAN_SEC, RegressNet, observed_span
 
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "regress.yaml"
@@ -60,8 +59,9 @@ def test_regress_rejects_inconsistent_hparams() -> None:
 
 def test_observed_span_ignores_padding_and_survives_a_zero_length_placeholder() -> None:
     batch = make_batch([3, 5], stride_sec=0.5)
-    torch.testing.assert_close(observed_span(batch["timestamps"], batch["video_mask"]),
-                               torch.tensor([[0.0, 1.5], [0.0, 2.5]]))
+    torch.testing.assert_close(
+        observed_span(batch["timestamps"], batch["video_mask"]), torch.tensor([[0.0, 1.5], [0.0, 2.5]])
+    )
     # Sliding-window decoding gives a sample whose video has ended one placeholder clip [0, 0).
     batch["timestamps"][1] = 0.0
     batch["video_mask"][1] = torch.arange(5) < 1
@@ -88,8 +88,10 @@ def test_regress_loss_by_hand(offset_sec: float) -> None:
     """Window [2, 6] s of a 10-clip span is [0.2, 0.6]; the same holds in a crop starting at 20 s."""
     model = tiny_regress()
     batch = one_window_batch(10, (offset_sec + 2.0, offset_sec + 6.0), offset_sec)
-    output = {"window_norm": torch.tensor([[0.1, 0.5]]),
-              "span_sec": observed_span(batch["timestamps"], batch["video_mask"])}
+    output = {
+        "window_norm": torch.tensor([[0.1, 0.5]]),
+        "span_sec": observed_span(batch["timestamps"], batch["video_mask"]),
+    }
     losses = model.loss(output, batch)
     # IoU 0.3 / 0.5 = 0.6, enclosing 0.5, centres 0.3 vs 0.4, equal widths.
     assert losses["eiou"].item() == pytest.approx(1 - 0.6 + 0.1**2 / 0.5**2, rel=1e-4)
@@ -128,8 +130,10 @@ def test_regress_decode_ranks_the_documented_variants() -> None:
 def test_regress_decode_clips_to_the_video_and_drops_repeated_variants() -> None:
     model = tiny_regress()
     batch = make_batch([8, 8])
-    output = {"window_norm": torch.tensor([[0.0, 1.0], [0.5, 0.5]]),
-              "span_sec": torch.tensor([[0.0, 8.0], [0.0, 8.0]])}
+    output = {
+        "window_norm": torch.tensor([[0.0, 1.0], [0.5, 0.5]]),
+        "span_sec": torch.tensor([[0.0, 8.0], [0.0, 8.0]]),
+    }
     preds = model.decode(output, batch, k=25)
     assert (preds.windows >= 0).all() and (preds.windows <= 8.0).all()
     for b in range(2):
@@ -144,39 +148,34 @@ def test_regress_decode_clips_to_the_video_and_drops_repeated_variants() -> None
 
 def test_regress_overfits_eight_samples() -> None:
     """Clips inside the ground-truth window carry a shared pattern; regress must find it."""
-    torch.manual_seed(0)
-    lengths = [16, 20, 24, 28, 32, 18, 26, 30]
-    batch = make_batch(lengths, text_lengths=[3, 4, 5, 6, 3, 4, 5, 6], seed=3)
-    pattern = torch.randn(VIDEO_DIM) * 1.5
-    gen = torch.Generator().manual_seed(5)
-    batch["window_mask"][:, 1] = False
-    for b, n in enumerate(lengths):
-        width = int(torch.randint(3, n // 2, (1,), generator=gen))
-        first = int(torch.randint(0, n - width + 1, (1,), generator=gen))
-        batch["windows"][b, 0] = torch.tensor([first, first + width], dtype=torch.float32)
-        batch["video"][b, first : first + width] += pattern
+    batch = planted_batch()
     model = tiny_regress(hidden_dim=64, feedforward_dim=128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(200):
-        optimizer.zero_grad()
-        model.loss(model(batch), batch)["loss"].backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        preds = model.decode(model(batch), batch, k=1)
-    iou = temporal_iou(preds.windows[:, :1], batch["windows"][:, :1])[:, 0, 0]  # (B,)
-    recall_at_1 = (iou >= 0.5).float().mean().item()
-    assert recall_at_1 == 1.0, f"R1@0.5 = {recall_at_1}, IoU per sample {iou.tolist()}"
+    train_steps(model, batch, steps=200, lr=1e-3)
+    assert_recall_at_1(model, batch)
 
 
 def test_regress_fits_through_the_trainer(tmp_path: Path) -> None:
     cache = tmp_path / "cache.h5"
     write_fake_cache(cache, n_videos=6, queries_per_video=2, duration_range_sec=(6.0, 20.0))
     args = [
-        "fit", "--data.cache", str(cache), "--data.batch_size", "4", "--model", str(CONFIG),
-        "--model.hparams.hidden_dim", "32", "--model.hparams.num_heads", "2",
-        "--model.hparams.feedforward_dim", "64", "--run_dir", str(tmp_path / "runs"),
-        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "fit",
+        "--data.cache",
+        str(cache),
+        "--data.batch_size",
+        "4",
+        "--model",
+        str(CONFIG),
+        "--model.hparams.hidden_dim",
+        "32",
+        "--model.hparams.num_heads",
+        "2",
+        "--model.hparams.feedforward_dim",
+        "64",
+        "--run_dir",
+        str(tmp_path / "runs"),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.enable_progress_bar",
+        "false",
     ]
     assert ground_main(args) == 0
