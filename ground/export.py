@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ground.module import GroundingModule
+from ground.module import GroundingModule, load_checkpoint
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -81,16 +81,8 @@ class ExportError(RuntimeError):
 
 
 def load_module(ckpt: str | Path) -> GroundingModule:
-    """Load a `GroundingModule` checkpoint on the CPU, in eval mode (plain data only: weights_only).
-
-    Raises:
-        FileNotFoundError: naming the path when there is no such file.
-    """
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    module = GroundingModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return module.eval()
+    """Load a `GroundingModule` checkpoint on the CPU, in eval mode (`ground.module.load_checkpoint`)."""
+    return load_checkpoint(ckpt, device="cpu")
 
 
 def example_inputs(

@@ -8,6 +8,8 @@ and cosine decay per step; gradient clipping and precision are Trainer settings.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -216,6 +218,30 @@ class GroundingModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.encoder_record = checkpoint.get("groundcache", {}).get("encoders")
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
+    """Rebuild a `GroundingModule` from a checkpoint, in eval mode on `device`.
+
+    The checkpoint holds plain data only, so it is read with `torch.load(weights_only=True)`;
+    the module is rebuilt from its saved constructor arguments, then its weights and encoder
+    record are restored.
+
+    Raises:
+        FileNotFoundError: naming the path when there is no such file.
+        KeyError: the checkpoint has no GroundingModule hyperparameters.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    hparams = checkpoint.get("hyper_parameters")
+    if not hparams or "name" not in hparams:
+        raise KeyError(f"{path}: no model hyperparameters; was it saved by ground.module.GroundingModule?")
+    module = GroundingModule(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    return module.to(device).eval()
 
 
 def sliding_window_decode(

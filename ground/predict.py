@@ -41,9 +41,8 @@ from torch import Tensor, nn
 
 from cache_schema import CacheReader, EncoderSpec
 from ground.data import SplitTensors
-from ground.models import build_model
 from ground.models.blocks import Predictions, temporal_iou
-from ground.module import sliding_window_decode
+from ground.module import load_checkpoint, sliding_window_decode
 
 log = logging.getLogger(__name__)
 
@@ -243,28 +242,14 @@ class Grounder:
             EncoderMismatchError: `cache` holds features of other encoders.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint")
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        hp = checkpoint.get("hyper_parameters")
-        if not hp or "name" not in hp:
-            raise KeyError(
-                f"{path}: no model hyperparameters; was it saved by ground.module.GroundingModule?"
-            )
-        encoders = (checkpoint.get("groundcache") or {}).get("encoders")
+        module = load_checkpoint(path, device=device)
+        encoders = module.encoder_record
         if not encoders:
             raise KeyError(
                 f"{path}: no encoder record (checkpoint['groundcache']['encoders']); the checkpoint was "
                 "not saved by a GroundingModule trained on a cache"
             )
-        net = build_model(
-            hp["name"], video_dim=hp["video_dim"], text_dim=hp["text_dim"], **(hp.get("hparams") or {})
-        )
-        state = {
-            k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")
-        }
-        net.load_state_dict(state)
-        net.to(device)
+        net = module.net
         threshold = UNCALIBRATED_THRESHOLD
         calibration = presence_path(path)
         if calibration.exists():
@@ -276,7 +261,7 @@ class Grounder:
             device=device,
             cache=cache,
             weights=weights,
-            max_clips=hp.get("eval_max_clips") or DEFAULT_MAX_CLIPS,
+            max_clips=module.hparams.eval_max_clips or DEFAULT_MAX_CLIPS,
             presence_threshold=threshold,
         )
 
