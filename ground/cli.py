@@ -119,12 +119,14 @@ def write_predictions(path: Path, rows: list[dict], datamodule: GroundingDataMod
     Integer-looking qids are written as ints, as the official files have them; per-feature
     saliency is resampled to the official 2-s clips (mean of the features inside each clip).
     """
+    split = datamodule.load(datamodule.hparams.predict_split)
+    text_of = dict(zip(split.qids, split.texts, strict=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in rows:
             out = {
                 "qid": int(row["qid"]) if str(row["qid"]).isdigit() else row["qid"],
-                "query": None,
+                "query": text_of[row["qid"]],
                 "vid": row["vid"],
                 "pred_relevant_windows": row["pred_relevant_windows"],
             }
@@ -134,8 +136,6 @@ def write_predictions(path: Path, rows: list[dict], datamodule: GroundingDataMod
                 )
             if "presence" in row:
                 out["presence"] = row["presence"]
-            split = datamodule.load(datamodule.hparams.predict_split)
-            out["query"] = split.texts[split.qids.index(row["qid"])] if out["query"] is None else out["query"]
             f.write(json.dumps(out) + "\n")
 
 
