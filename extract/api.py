@@ -145,6 +145,7 @@ def sample_for_encoders(
     fps: float,
     frame_size: int | None,
     backend: Backend = "auto",
+    threads: int = 0,
 ) -> SampledVideo:
     """Decode and sample one video once for every video encoder of a run.
 
@@ -154,12 +155,18 @@ def sample_for_encoders(
         fps: Features per second.
         frame_size: Shorter side of the decoded frames, None for native (see :func:`resolve_frame_size`).
         backend: Decoder backend.
+        threads: Decoder threads (0: FFmpeg's choice; see :func:`extract.video.sample_video`).
 
     Raises:
         VideoDecodeError: The video cannot be probed or decoded.
     """
     return sample_video(
-        path, fps, frames_per_feature=max_frames_per_feature(specs), size=frame_size, backend=backend
+        path,
+        fps,
+        frames_per_feature=max_frames_per_feature(specs),
+        size=frame_size,
+        backend=backend,
+        threads=threads,
     )
 
 

@@ -100,6 +100,8 @@ class ExtractConfig:
             before the encoders' own preprocessing; None derives it from the encoders' input sizes
             (``extract.api.decode_short_side``), 0 keeps the native size.
         decode_backend: ``auto`` (decord, falling back to PyAV), ``decord`` or ``pyav``.
+        decode_threads: Decoder threads per video; None means 1 with decode workers (the workers
+            are the parallelism) and FFmpeg's choice (0) when decoding in the main process.
         device: Torch device of the encoders (``cpu``, ``cuda``; ``cuda`` maps to the local rank's
             GPU under torchrun).
         precision: ``fp32`` or ``bf16`` autocast.
@@ -127,6 +129,7 @@ class ExtractConfig:
     prefetch_videos: int = 2
     frame_size: int | None = None
     decode_backend: Backend = "auto"
+    decode_threads: int | None = None
     device: str = "cpu"
     precision: Precision = "fp32"
     compile: bool = False
@@ -157,6 +160,8 @@ class ExtractConfig:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.prefetch_videos < 1:
             raise ConfigError(f"prefetch_videos must be >= 1, got {self.prefetch_videos}")
+        if self.decode_threads is not None and self.decode_threads < 0:
+            raise ConfigError(f"decode_threads must be >= 0 (0 = FFmpeg's choice), got {self.decode_threads}")
         if self.frame_size is not None and self.frame_size < 0:
             raise ConfigError(f"frame_size must be >= 0 (0 = native size), got {self.frame_size}")
         if self.limit is not None and self.limit < 1:

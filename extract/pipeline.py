@@ -8,8 +8,9 @@ One run, top to bottom:
 2. Videos already committed in the store (or, for a shard, in the final store) are skipped; a
    video whose queries were not all written gets the missing ones. The cache's commit protocol
    drops the uncommitted tail of a killed run, so a partial video is simply redone.
-3. Decode workers (a ``DataLoader`` over videos) sample each video at ``fps`` and prefetch ahead,
-   so the encoders run while the next videos decode. Frames of consecutive videos are packed into
+3. Decode worker processes (:func:`extract.workers.supervised_map`) sample each video at ``fps``
+   and prefetch ahead, so the encoders run while the next videos decode; a worker killed by its
+   decoder fails only the video it held. Frames of consecutive videos are packed into
    forward passes of exactly ``batch_size`` frames (the last one padded; see
    :func:`extract.api.encode_frames`), so a frame's feature never depends on its batch mates and a
    resumed run stores the same bits as an uninterrupted one.
@@ -37,7 +38,7 @@ import os
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch.utils.data import DataLoader, Dataset
 
 from cache_schema.spec import EncoderSpec, QueryItem, SchemaError, VideoItem, check_windows
 from cache_schema.store import CacheReader, CacheWriter
@@ -82,6 +82,7 @@ from extract.datasets import (
 )
 from extract.encoders import Encoder, build_encoder, encoder_specs
 from extract.video import Backend, VideoDecodeError
+from extract.workers import SupervisedMap
 
 log = logging.getLogger(__name__)
 
@@ -359,8 +360,8 @@ class DecodedVideo:
 
     vid: str
     path: str
-    frames: torch.Tensor | None = None
-    """(T, H, W, 3) or (T, Fmax, H, W, 3) uint8; a tensor so it crosses processes in shared memory."""
+    frames: np.ndarray | None = None
+    """(T, H, W, 3) or (T, Fmax, H, W, 3) uint8, pickled through the worker's pipe."""
     timestamps_sec: np.ndarray | None = None
     """(T, 2) float64 [start, end) of each feature."""
     duration_sec: float = float("nan")
@@ -370,7 +371,7 @@ class DecodedVideo:
     error: str | None = None
 
 
-class DecodeDataset(Dataset):
+class DecodeDataset:
     """Videos as a map-style dataset: item ``i`` is task ``i`` decoded and sampled, or its error.
 
     Args:
@@ -379,6 +380,7 @@ class DecodeDataset(Dataset):
         fps: Features per second.
         frame_size: Shorter side of the decoded frames, None for native.
         backend: Decoder backend.
+        threads: Decoder threads per video (0: FFmpeg's choice).
     """
 
     def __init__(
@@ -389,12 +391,14 @@ class DecodeDataset(Dataset):
         fps: float,
         frame_size: int | None,
         backend: Backend,
+        threads: int = 0,
     ) -> None:
         self.tasks = list(tasks)
         self.specs = list(specs)
         self.fps = fps
         self.frame_size = frame_size
         self.backend: Backend = backend
+        self.threads = threads
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -405,7 +409,12 @@ class DecodeDataset(Dataset):
             return DecodedVideo(task.vid, "", error=task.missing_reason)
         try:
             sampled = sample_for_encoders(
-                task.path, self.specs, fps=self.fps, frame_size=self.frame_size, backend=self.backend
+                task.path,
+                self.specs,
+                fps=self.fps,
+                frame_size=self.frame_size,
+                backend=self.backend,
+                threads=self.threads,
             )
         except VideoDecodeError as err:
             return DecodedVideo(task.vid, task.path, error=str(err))
@@ -415,7 +424,7 @@ class DecodeDataset(Dataset):
         return DecodedVideo(
             vid=task.vid,
             path=task.path,
-            frames=torch.from_numpy(np.ascontiguousarray(sampled.frames)),
+            frames=np.ascontiguousarray(sampled.frames),
             timestamps_sec=sampled.timestamps_sec,
             duration_sec=sampled.info.duration_sec,
             native_fps=sampled.info.fps,
@@ -424,23 +433,24 @@ class DecodeDataset(Dataset):
         )
 
 
-def _unbatched(item: DecodedVideo) -> DecodedVideo:
-    return item
-
-
 def decoded_videos(
     dataset: DecodeDataset, *, num_workers: int, prefetch_videos: int
-) -> Iterator[DecodedVideo]:
-    """Decode the dataset's videos in order, ``num_workers`` processes each ``prefetch_videos`` ahead."""
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_unbatched,
-        prefetch_factor=prefetch_videos if num_workers else None,
-    )
-    return iter(loader)
+) -> SupervisedMap[DecodedVideo] | Generator[DecodedVideo, None, None]:
+    """Decode the dataset's videos in order, ``num_workers`` processes each ``prefetch_videos`` ahead.
+
+    The workers start here, so create this before opening the cache. A worker killed by its
+    decoder (a segfault on a malformed file) fails only the video it was decoding;
+    ``num_workers=0`` decodes in this process, where such a crash ends the run. Call ``close()``
+    when done.
+    """
+    if num_workers == 0:
+        return (dataset[i] for i in range(len(dataset)))
+
+    def crashed(index: int, reason: str) -> DecodedVideo:
+        task = dataset.tasks[index]
+        return DecodedVideo(task.vid, task.path or "", error=f"{task.path}: {reason} while decoding it")
+
+    return SupervisedMap(dataset, num_workers=num_workers, prefetch=prefetch_videos, crashed=crashed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -733,22 +743,34 @@ def extract_videos(
     # Start the decode workers before any model exists: they fork from a process without
     # encoder threads, and decoding overlaps model loading.
     frame_size = resolve_frame_size(config.frame_size, video_specs)
+    threads = config.decode_threads
+    if threads is None:
+        threads = 1 if config.num_workers > 0 else 0
     dataset = DecodeDataset(
-        to_decode, video_specs, fps=config.fps, frame_size=frame_size, backend=config.decode_backend
+        to_decode,
+        video_specs,
+        fps=config.fps,
+        frame_size=frame_size,
+        backend=config.decode_backend,
+        threads=threads,
     )
     decoded_iter = decoded_videos(
         dataset, num_workers=config.num_workers, prefetch_videos=config.prefetch_videos
     )
 
-    encoders = build_encoders(config, device)
-    order = [(vid, [r.query for r in plan.rows[vid] if r.qid not in qids]) for vid in query_only]
-    order += [(t.vid, [r.query for r in plan.rows[t.vid]]) for t in to_decode]
-    bank = TextBank(encoders.text, order)
-    longest = max_frames_per_feature(video_specs)
-    queues = [_FrameQueue(name, enc, longest) for name, enc in encoders.video.items()]
-    max_pending = max(1, config.num_workers) * config.prefetch_videos + 1
+    try:
+        encoders = build_encoders(config, device)
+        order = [(vid, [r.query for r in plan.rows[vid] if r.qid not in qids]) for vid in query_only]
+        order += [(t.vid, [r.query for r in plan.rows[t.vid]]) for t in to_decode]
+        bank = TextBank(encoders.text, order)
+        longest = max_frames_per_feature(video_specs)
+        queues = [_FrameQueue(name, enc, longest) for name, enc in encoders.video.items()]
+        max_pending = max(1, config.num_workers) * config.prefetch_videos + 1
 
-    writer = CacheWriter(store, dataset=config.dataset, encoders=specs, mode="resume")
+        writer = CacheWriter(store, dataset=config.dataset, encoders=specs, mode="resume")
+    except BaseException:
+        decoded_iter.close()
+        raise
     try:
 
         def fail(vid: str, path: str, stage: Stage, reason: str) -> None:
@@ -845,7 +867,7 @@ def extract_videos(
                     progress.advance(bar)
                     continue
                 summary.problems += problems
-                frames = decoded.frames.numpy()
+                frames = decoded.frames
                 n = frames.shape[0]
                 video = _Pending(
                     decoded,
@@ -877,6 +899,7 @@ def extract_videos(
             summary.loop_seconds = time.perf_counter() - loop_start
             progress.update(bar, rate=f"{summary.frames / summary.loop_seconds:.1f} frames/s")
     finally:
+        decoded_iter.close()  # the workers first: a worker restarted mid-run inherited the cache's file
         writer.close()
     summary.texts_encoded = bank.n_encoded
     summary.seconds = time.perf_counter() - started

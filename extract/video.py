@@ -330,7 +330,7 @@ def _decord_module():
     return decord
 
 
-def _decode_decord(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def _decode_decord(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int], threads: int) -> np.ndarray:
     decord = _decord_module()
     path = info.path
     if decord is None:
@@ -338,7 +338,7 @@ def _decode_decord(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]
     # decord raises DECORDError, or a bare RuntimeError for files it cannot open.
     decord_errors = (decord.DECORDError, RuntimeError)
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         n_frames = len(reader)
         decord_ts = reader.get_frame_timestamp(np.arange(n_frames))[:, 0].astype(np.float64)
     except decord_errors as err:
@@ -374,7 +374,7 @@ def _last_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-def _decode_pyav(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+def _decode_pyav(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int], threads: int) -> np.ndarray:
     # One sequential pass converting only the wanted frames: on long videos this beats seeking to
     # each sample, because every seek re-decodes from the previous keyframe.
     path = info.path
@@ -386,6 +386,7 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]) 
     with _open(path) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         try:
             for k, frame in enumerate(container.decode(stream)):
                 if k >= info.n_frames:
@@ -413,21 +414,23 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]) 
 
 
 def _decode(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int],
-            backend: Backend) -> tuple[np.ndarray, DecodedBy, str | None]:
+            backend: Backend, threads: int = 0) -> tuple[np.ndarray, DecodedBy, str | None]:
     """Decode sorted unique ``indices`` with the chosen backend; ``auto`` falls back to PyAV."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} not in {BACKENDS}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: FFmpeg picks), got {threads}")
     if backend == "pyav":
-        return _decode_pyav(info, indices, out_hw), "pyav", None
+        return _decode_pyav(info, indices, out_hw, threads), "pyav", None
     if backend == "decord":
-        return _decode_decord(info, indices, out_hw), "decord", None
+        return _decode_decord(info, indices, out_hw, threads), "decord", None
     if _decord_module() is None:
-        return _decode_pyav(info, indices, out_hw), "pyav", "decord is not installed"
+        return _decode_pyav(info, indices, out_hw, threads), "pyav", "decord is not installed"
     try:
-        return _decode_decord(info, indices, out_hw), "decord", None
+        return _decode_decord(info, indices, out_hw, threads), "decord", None
     except VideoDecodeError as decord_err:
         try:
-            frames = _decode_pyav(info, indices, out_hw)
+            frames = _decode_pyav(info, indices, out_hw, threads)
         except VideoDecodeError as pyav_err:
             raise VideoDecodeError(
                 info.path, f"decord: {decord_err.reason}; PyAV: {pyav_err.reason}"
@@ -447,6 +450,7 @@ def sample_video(
     clip_stride: int = 1,
     size: int | tuple[int, int] | None = None,
     backend: Backend = "auto",
+    threads: int = 0,
 ) -> SampledVideo:
     """Decode the frames a feature extractor needs at ``fps`` features per second.
 
@@ -458,6 +462,9 @@ def sample_video(
         size: None keeps the native size; an int scales the shorter side to it (aspect kept);
             ``(height, width)`` resizes exactly.
         backend: ``auto`` (decord, falling back to PyAV), ``decord`` or ``pyav``.
+        threads: Decoder threads; 0 lets FFmpeg use every core. Decode workers that already run
+            one per core pass 1: several processes each threading over all cores cost more CPU
+            per frame (measured in docs/benchmarks.md).
 
     Returns:
         The sampled frames, their windows and indices, the probe info and the backend used.
@@ -478,7 +485,7 @@ def sample_video(
         frame_indices = clip_indices(centre, info.n_frames, frames_per_feature, clip_stride)  # (T, F)
     unique, inverse = np.unique(frame_indices, return_inverse=True)
     out_hw = _output_size(info.width, info.height, size)
-    decoded, used, reason = _decode(info, unique, out_hw, backend)  # (K, H, W, 3)
+    decoded, used, reason = _decode(info, unique, out_hw, backend, threads)  # (K, H, W, 3)
     frames = decoded[inverse.reshape(frame_indices.shape)]  # (T, H, W, 3) or (T, F, H, W, 3)
     return SampledVideo(
         frames=frames,

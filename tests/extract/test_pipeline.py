@@ -352,3 +352,34 @@ def test_bad_inputs_fail_one_by_one_and_the_rest_finish(tmp_path: Path) -> None:
         for p in problems
     )
     assert any(p["kind"] == "duration_mismatch" and p["vid"] == "mismatch" for p in problems)
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_a_decoder_segfault_fails_only_its_video(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, num_workers: int
+) -> None:
+    """A native crash (decord on a malformed file) kills a decode worker, not the run."""
+    import extract.pipeline as pipeline
+
+    real = pipeline.sample_for_encoders
+
+    def crashing(path, *args, **kwargs):
+        if Path(path).stem == "charlie":
+            os.kill(os.getpid(), signal.SIGSEGV)  # in the forked worker
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sample_for_encoders", crashing)
+    out = tmp_path / "cache.h5"
+    config = write_config(tmp_path / "config.yaml", dataset, out, num_workers=num_workers)
+    assert main(["--config", str(config)]) == 1
+    failures = [json.loads(line) for line in failures_path(out).read_text().splitlines()]
+    assert [(f["vid"], f["stage"]) for f in failures] == [("charlie", "decode")]
+    assert "charlie.mp4: decode worker killed by SIGSEGV" in failures[0]["reason"]
+    assert validate(out) == []
+    with CacheReader(out) as reader:
+        assert sorted(reader.video_ids) == ["alpha", "bravo", "delta", "echo"]
+
+    monkeypatch.setattr(pipeline, "sample_for_encoders", real)  # the file is fixed: a rerun completes it
+    assert main(["--config", str(config)]) == 0
+    with CacheReader(out) as reader:
+        assert sorted(reader.video_ids) == ["alpha", "bravo", "charlie", "delta", "echo"]

@@ -167,6 +167,16 @@ def test_extreme_aspect_ratio_decodes(videos, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoder_threads_do_not_change_frames(videos, backend, threads):
+    auto = sample_video(videos["ntsc"], 2.0, size=24, backend=backend)
+    fixed = sample_video(videos["ntsc"], 2.0, size=24, backend=backend, threads=threads)
+    np.testing.assert_array_equal(auto.frames, fixed.frames)
+    with pytest.raises(ValueError, match="threads"):
+        sample_video(videos["ntsc"], backend=backend, threads=-1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_resize(videos, backend):
     assert sample_video(videos["pal"], size=16, backend=backend).frames.shape == (6, 16, 16, 3)
     exact = sample_video(videos["pal"], size=(8, 12), backend=backend)
@@ -188,7 +198,7 @@ def test_auto_prefers_decord_and_falls_back(videos, monkeypatch):
         auto = sample_video(videos["pal"], backend="auto")
         assert (auto.backend, auto.fallback_reason) == ("decord", None)
 
-    def broken(info, indices, out_hw):
+    def broken(info, indices, out_hw, threads):
         raise VideoDecodeError(info.path, "simulated decord failure")
 
     monkeypatch.setattr(video_mod, "_decode_decord", broken)
