@@ -155,8 +155,11 @@ class C3DEncoder(Encoder):
         self.model = model.to(self.device).eval().requires_grad_(False)
         self._forward = torch.compile(self.model) if compile else self.model
 
-    def _encode_video_batch(self, frames: np.ndarray) -> torch.Tensor:
-        return self._forward(preprocess_clips(frames, self.device))  # (B, 4096)
+    def preprocess_video(self, frames: np.ndarray) -> torch.Tensor:
+        return preprocess_clips(frames, self.device)  # (B, 3, 16, 112, 112)
+
+    def forward_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._forward(pixels)  # (B, 4096)
 
 
 @register_encoder("c3d")

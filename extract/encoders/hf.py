@@ -299,9 +299,12 @@ class HFVisionEncoder(Encoder):
         self._forward = torch.compile(self.model) if compile else self.model
         self._processor = processor
 
-    def _encode_video_batch(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess_video(self, frames: np.ndarray) -> torch.Tensor:
         pixels = self._processor(images=list(frames), return_tensors="pt")["pixel_values"]  # (B, 3, S, S)
-        pooled = self._forward(pixel_values=pixels.to(self.device)).pooler_output
+        return pixels.to(self.device)
+
+    def forward_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled = self._forward(pixel_values=pixels).pooler_output
         if pooled is None:
             raise EncoderError(f"encoder {self.name!r}: the model returns no pooler_output")
         if pooled.ndim == 4 and pooled.shape[2:] == (1, 1):

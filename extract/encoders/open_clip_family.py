@@ -185,9 +185,12 @@ class OpenClipEncoder(Encoder):
                 ) from err
         return self._tokenizer
 
-    def _encode_video_batch(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess_video(self, frames: np.ndarray) -> torch.Tensor:
         pixels = torch.stack([self._preprocess(Image.fromarray(frame)) for frame in frames])  # (B, 3, S, S)
-        return self._image_forward(pixels.to(self.device))  # (B, D)
+        return pixels.to(self.device)
+
+    def forward_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._image_forward(pixels)  # (B, D)
 
     def _text_tower(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model.forward_intermediates(text=ids, text_indices=1, normalize=False,

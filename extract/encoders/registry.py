@@ -47,8 +47,9 @@ class EncoderError(ValueError):
 class Encoder:
     """A frozen feature extractor with a video tower, a text tower or both.
 
-    Subclasses set ``video_spec`` / ``text_spec`` and implement ``_encode_video_batch`` and/or
-    ``_encode_text_batch``; this class owns input checks, batching, ``inference_mode`` and autocast.
+    Subclasses set ``video_spec`` / ``text_spec`` and implement ``preprocess_video`` +
+    ``forward_video`` and/or ``_encode_text_batch``; this class owns input checks, batching,
+    ``inference_mode`` and autocast.
 
     Attributes:
         video_spec: Spec of the (N, D) video features, or None when there is no video tower.
@@ -84,7 +85,8 @@ class Encoder:
         return f"{type(self).__name__}({self.name!r}, {', '.join(towers)}, device={self.device})"
 
     @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
+    def inference(self) -> Iterator[None]:
+        """``torch.inference_mode`` plus bf16 autocast when ``precision == "bf16"``."""
         # Autocast is entered on the model's own device type so bf16 also works (slowly) on CPU
         # instead of being silently ignored there.
         with torch.inference_mode(), torch.autocast(
@@ -109,9 +111,10 @@ class Encoder:
             raise EncoderError(f"encoder {self.name!r} has no video tower (video_spec is None)")
         check_frames(spec, frames)
         outputs = []
-        with self._inference():
+        with self.inference():
             for start in range(0, frames.shape[0], self.batch_size):
-                out = self._encode_video_batch(frames[start : start + self.batch_size])  # (B, D)
+                pixels = self.preprocess_video(frames[start : start + self.batch_size])
+                out = self.forward_video(pixels)  # (B, D)
                 outputs.append(out.float().cpu())
         features = torch.cat(outputs)  # (N, D)
         if features.shape != (frames.shape[0], spec.dim):
@@ -121,7 +124,15 @@ class Encoder:
             )
         return features
 
-    def _encode_video_batch(self, frames: np.ndarray) -> torch.Tensor:
+    def preprocess_video(self, frames: np.ndarray) -> torch.Tensor:
+        """The model's input for one batch of frames or clips, on ``self.device``.
+
+        Kept apart from :meth:`forward_video` so benchmarks can time the model alone.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no video tower")
+
+    def forward_video(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) features of a batch made by :meth:`preprocess_video`; call inside :meth:`inference`."""
         raise NotImplementedError(f"{type(self).__name__} has no video tower")
 
     # -- text ----------------------------------------------------------------------------------
@@ -141,7 +152,7 @@ class Encoder:
             raise EncoderError(f"encoder {self.name!r} has no text tower (text_spec is None)")
         check_texts(spec, texts)
         results: list[tuple[torch.Tensor, torch.Tensor]] = []
-        with self._inference():
+        with self.inference():
             for start in range(0, len(texts), self.batch_size):
                 batch = list(texts[start : start + self.batch_size])
                 for tokens, pooled in self._encode_text_batch(batch):
