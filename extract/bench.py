@@ -42,7 +42,7 @@ from extract.config import EncoderChoice, ExtractConfig
 from extract.encoders import build_encoder, encoder_specs
 from extract.encoders.registry import PRECISIONS, Encoder, Precision
 from extract.pipeline import run
-from extract.video import feature_windows, nearest_frame_indices, probe_video, sample_video
+from extract.video import BACKENDS, Backend, feature_windows, nearest_frame_indices, probe_video, sample_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,6 +243,7 @@ def encoder_rows(
     precision: Precision = "fp32",
     compile: bool = False,
     forward_passes: int = 3,
+    decode_backend: Backend = "auto",
 ) -> list[Row]:
     """Forward-only, encoder-only and end-to-end throughput of one randomly initialised encoder.
 
@@ -279,13 +280,15 @@ def encoder_rows(
         fps=fps,
         batch_size=batch_size,
         num_workers=num_workers,
+        decode_backend=decode_backend,
         device=device,
         precision=precision,
         compile=compile,
         overwrite=True,
     )
     summary = run(config)
-    rows.append(Row(encoder, f"end to end ({num_workers} decode workers)", summary.frames,
+    workers = f"{num_workers} {decode_backend} decode workers"
+    rows.append(Row(encoder, f"end to end ({workers})", summary.frames,
                     summary.loop_seconds, forward.flops_per_frame))
     return rows
 
@@ -329,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=4, help="copies of the video in the end-to-end run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2, help="decode workers of the end-to-end run")
+    parser.add_argument("--decode-backend", choices=BACKENDS, default="auto",
+                        help="decoder of the end-to-end run (auto: decord, falling back to PyAV)")
     parser.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="fp32 or bf16 autocast (default: bf16 on cuda, fp32 elsewhere)")
@@ -375,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=args.device,
                 precision=precision,
                 compile=args.compile,
+                decode_backend=args.decode_backend,
             )
     print(markdown(rows, peak))
     return 0

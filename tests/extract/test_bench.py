@@ -111,7 +111,7 @@ def test_bench_command_runs_end_to_end(source, tmp_path, capsys):
     assert "encoders on cpu (fp32, peak unknown TFLOP/s)" in out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     methods = [line.split(" | ")[1] for line in table[1:]]
-    assert methods[-3:] == ["forward only", "encoder only", "end to end (1 decode workers)"]
+    assert methods[-3:] == ["forward only", "encoder only", "end to end (1 auto decode workers)"]
     assert "PyAV sequential" in methods
     end_to_end = table[-1].split(" | ")
     assert end_to_end[2] == "8"  # 3 s asked for: 2 loops of the 2 s source, 2 copies, 1 fps
