@@ -78,6 +78,18 @@ def test_flops_of_a_linear_layer_match_the_formula():
     assert bench.forward_flops(encoder, torch.zeros(3, 64)) == 2 * 3 * 64 * 32
 
 
+def test_attention_projections_are_counted():
+    """ViT-B-32 at 224 px: 12 blocks of 50 tokens at width 768 (+ patch embedding) ~ 8.7 GFLOP."""
+    encoder = build_encoder("clip_vit_b32", weights="none", batch_size=1)
+    with encoder.inference():
+        pixels = encoder.preprocess_video(np.zeros((1, 224, 224, 3), dtype=np.uint8))
+    width, tokens, blocks = 768, 50, 12
+    per_block = 2 * tokens * (12 * width * width) + 2 * 2 * tokens * tokens * width  # linears + attention
+    expected = blocks * per_block + 2 * 49 * (3 * 32 * 32) * width
+    assert bench.forward_flops(encoder, pixels) == pytest.approx(expected, rel=0.01)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
 def test_peak_is_known_only_for_listed_gpus_in_bf16(monkeypatch):
     assert peak_tflops(torch.device("cpu"), "bf16") is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
