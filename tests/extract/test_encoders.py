@@ -292,3 +292,11 @@ def test_clip_vit_b32_random_init_matches_its_spec() -> None:
     [(tokens, pooled)] = enc.encode_text(TEXTS[:1])
     assert tokens.shape == (len(enc.tokenizer().encode(TEXTS[0])) + 2, enc.text_spec.dim)
     torch.testing.assert_close(tokens[-1], pooled, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_compile_matches_eager():
+    """The compile option, exercised on CPU (inductor): the same features as the eager model."""
+    frames = np.random.default_rng(0).integers(0, 256, size=(6, 40, 48, 3), dtype=np.uint8)
+    eager = build_encoder("tiny_clip", weights="none", batch_size=4).encode_video(frames)
+    compiled = build_encoder("tiny_clip", weights="none", batch_size=4, compile=True)
+    torch.testing.assert_close(compiled.encode_video(frames), eager, rtol=1e-4, atol=1e-5)
