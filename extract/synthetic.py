@@ -12,8 +12,11 @@ Windows are on a 0.1 s grid in seconds. A frame at time ``t`` shows an event whe
 docs/architecture.md, one query per line, with the decoded ``duration`` of the video.
 
 Everything is drawn from ``numpy.random.default_rng([seed, video_index])``, so the same seed gives
-byte-identical annotations and identical frames, and video ``i`` does not depend on
-``n_videos``. Splits are by video (70/15/15, each non-empty).
+byte-identical annotations and identical rendered frames, and video ``i`` does not depend on
+``n_videos``. The encoded mp4 bytes are usually identical too, but not always: about one encode
+in ten or twenty here differs in a few macroblocks (by a few grey levels), a nondeterminism in
+the FFmpeg/x264 path that the pinned ``threads=1`` does not remove. Splits are by video
+(70/15/15, each non-empty).
 """
 
 from __future__ import annotations
@@ -228,7 +231,7 @@ def generate_synthetic(out_dir: str | Path, *, n_videos: int = 60, seed: int = 0
         out_dir: Output folder; videos go to ``out_dir/videos/`` and queries to
             ``out_dir/annotations.jsonl`` (files of the same names are overwritten).
         n_videos: Number of videos (>= 3, so that train, val and test are all non-empty).
-        seed: Random seed; the same seed gives the same files.
+        seed: Random seed; the same seed gives the same annotations and frames.
 
     Returns:
         Path of ``annotations.jsonl``.
