@@ -94,9 +94,10 @@ def looped_video(source: Path, out_dir: Path, *, minutes: float) -> Path:
         if not packets:
             raise ValueError(f"{source}: no video packets to loop")
         timing = [(p.pts, p.dts, p.duration) for p in packets]
-        first = min(p.pts for p in packets)
-        span = max(p.pts + p.duration for p in packets) - first  # one copy, in stream time_base
-        if max(p.dts for p in packets) - min(p.dts for p in packets) >= span:
+        all_pts, all_dts, all_durations = (np.array(column) for column in zip(*timing, strict=True))
+        first = int(all_pts.min())
+        span = int((all_pts + all_durations).max()) - first  # one copy, in stream time_base
+        if all_dts.max() - all_dts.min() >= span:
             raise ValueError(f"{source}: decode timestamps span more than the presentation; cannot loop")
         copies = math.ceil(minutes * 60 / float(span * in_stream.time_base))
         with av.open(str(tmp), mode="w", format="mp4") as out:
@@ -156,13 +157,16 @@ def peak_tflops(device: torch.device, precision: Precision) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
-def _timed(fn: Callable[[], int], device: torch.device | None = None) -> tuple[int, float]:
+def _synchronize(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], int], device: torch.device | None = None) -> tuple[int, float]:
+    _synchronize(device)  # queued GPU work is not charged to fn
     start = time.perf_counter()
     frames = fn()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     return frames, time.perf_counter() - start
 
 

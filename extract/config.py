@@ -177,6 +177,13 @@ class ExtractConfig:
     def output_path(self) -> Path:
         return Path(self.output)
 
+    @property
+    def decoder_threads(self) -> int:
+        """``decode_threads`` with its default applied: 1 per decode worker, 0 in-process."""
+        if self.decode_threads is not None:
+            return self.decode_threads
+        return 1 if self.num_workers > 0 else 0
+
 
 def build_parser(prog: str = "python -m extract") -> ArgumentParser:
     """The ``run`` parser: ``--config FILE`` then any ``--field value`` override."""

@@ -8,7 +8,7 @@ One run, top to bottom:
 2. Videos already committed in the store (or, for a shard, in the final store) are skipped; a
    video whose queries were not all written gets the missing ones. The cache's commit protocol
    drops the uncommitted tail of a killed run, so a partial video is simply redone.
-3. Decode worker processes (:func:`extract.workers.supervised_map`) sample each video at ``fps``
+3. Decode worker processes (:class:`extract.workers.SupervisedMap`) sample each video at ``fps``
    and prefetch ahead, so the encoders run while the next videos decode; a worker killed by its
    decoder fails only the video it held. Frames of consecutive videos are packed into
    forward passes of exactly ``batch_size`` frames (the last one padded; see
@@ -743,16 +743,13 @@ def extract_videos(
     # Start the decode workers before any model exists: they fork from a process without
     # encoder threads, and decoding overlaps model loading.
     frame_size = resolve_frame_size(config.frame_size, video_specs)
-    threads = config.decode_threads
-    if threads is None:
-        threads = 1 if config.num_workers > 0 else 0
     dataset = DecodeDataset(
         to_decode,
         video_specs,
         fps=config.fps,
         frame_size=frame_size,
         backend=config.decode_backend,
-        threads=threads,
+        threads=config.decoder_threads,
     )
     decoded_iter = decoded_videos(
         dataset, num_workers=config.num_workers, prefetch_videos=config.prefetch_videos
