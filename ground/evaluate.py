@@ -2,19 +2,35 @@
 
 Both files are JSON Lines in the QVHighlights formats (one query per line):
 
-* submission: `qid`, `vid` (optional; checked against the ground truth when given),
-  `pred_relevant_windows` `[[start_sec, end_sec, score], ...]` sorted by score, descending, and/or
-  `pred_saliency_scores` (one score per 2-s clip of the video: `int(duration / 2)` of them, or
-  `ceil(duration / 2)` with a score for a trailing partial clip).
+* submission: `qid`, `pred_relevant_windows` `[[start_sec, end_sec, score], ...]` (best first by
+  convention, not required) and/or `pred_saliency_scores` (one score per 2-s clip of the video from
+  clip 0, `int(duration / 2)` of them by convention, any non-empty length accepted). Other keys
+  (`vid`, `query`) are not used; a `vid` other than the ground truth's is reported by the CLI.
 * ground truth: `qid`, `vid`, `duration` (seconds), `relevant_windows` `[[start_sec, end_sec], ...]`,
   and for highlight detection `relevant_clip_ids` with one `saliency_scores` row (one score 0..4 per
   annotator) per clip id. The Charades-STA / ActivityNet / TACoS files in this format (as
   line/lighthouse ships them) have no saliency fields.
 
-Query ids may be ints (QVHighlights) or strings (TACoS). They are compared as given, except that an
-int and its decimal string are the same query (2579 == "2579"; "02579" is another query), so a
-submission written with string ids scores against integer ground truth. Each id must appear once
-in each file, and the two files must hold the same ids.
+Query ids may be ints (QVHighlights) or strings (TACoS). They match as Python compares the decoded
+JSON values, which is how the official evaluation matches them (a set of ids per file): 2579 and
+2579.0 are the same query, 2579 and "2579" are not. Each id must appear once in each file, and the
+two files must hold the same ids.
+
+Which submissions are accepted mirrors the official evaluation rule by rule: what it scores is
+scored to the same numbers, what it fails on is refused; where its output depends on row order or
+comes from NaN arithmetic the submission is refused (see `docs/datasets.md`, "Scoring a
+submission", for the table):
+
+* lenient like the official: saliency lists of any non-empty length (HL-mAP zero-pads a short list
+  and cuts a long one to the `int(duration / 2)` labelled clips; Hit1 takes the top clip of the list
+  as given, a miss when it is past the labelled clips); windows in any order (mAP uses the first
+  10 as written, ranked by score; R1 uses the first as written); window items after the score;
+  extra keys; `vid` not checked.
+* strict like the official: missing or extra query ids, a row without `qid`, an empty or
+  non-numeric window list, a window of fewer than 3 numbers, an empty or non-numeric saliency list,
+  a line that is not a JSON object.
+* stricter than the official (whose numbers there are artefacts): a repeated qid, a field on some
+  rows only, NaN / Infinity / booleans as numbers, a predicted window with start > end.
 
 Protocols:
 
@@ -24,7 +40,8 @@ Protocols:
   saliency scores *and* the ground truth has saliency labels (otherwise they are left out and the
   CLI says so on stderr).
 * `recall`: `ground.metrics.retrieval_metrics` (R1/R5 at IoU 0.1/0.3/0.5/0.7, mIoU, mAP), the usual
-  protocol for Charades-STA, ActivityNet Captions and TACoS.
+  protocol for Charades-STA, ActivityNet Captions and TACoS. It ranks each query's windows by
+  score (stable) before R@k and mAP, so its R1 is the top-scored window, not the first written.
 
 Malformed input stops with one `SubmissionError` naming the file, line and query id.
 """
@@ -76,7 +93,7 @@ class GroundTruthQuery:
         where: location for error messages, e.g. "gt.jsonl line 12 (qid 2579)".
     """
 
-    qid: int | str
+    qid: int | float | str
     vid: str
     duration_sec: float
     windows: np.ndarray
@@ -90,15 +107,16 @@ class SubmittedQuery:
 
     Attributes:
         qid: query id as written in the file.
-        vid: video id, None when the submission leaves it out.
-        windows: (K, 2) predicted windows in seconds, K >= 1, or None without `pred_relevant_windows`.
-        scores: (K,) window scores, non-increasing, or None.
-        saliency: (T,) predicted clip scores, or None without `pred_saliency_scores`.
+        vid: `vid` as written (not used for scoring), None when the submission leaves it out.
+        windows: (K, 2) predicted windows in seconds in submission order, K >= 1, or None without
+            `pred_relevant_windows`.
+        scores: (K,) window scores, any order, or None.
+        saliency: (N,) predicted clip scores, N >= 1, or None without `pred_saliency_scores`.
         where: location for error messages.
     """
 
-    qid: int | str
-    vid: str | None
+    qid: int | float | str
+    vid: object
     windows: np.ndarray | None
     scores: np.ndarray | None
     saliency: np.ndarray | None
@@ -138,11 +156,23 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def qid_key(qid: object) -> str:
-    """Matching key of a query id: ints and their decimal strings are the same query."""
-    if isinstance(qid, bool) or not isinstance(qid, int | str):
+def qid_key(qid: object) -> int | float | str:
+    """Matching key of a query id: the id itself, compared as Python compares it.
+
+    This is the official evaluation's rule (it compares the sets of ids of the two files): 2579 and
+    2579.0 are one query, 2579 and "2579" are two.
+
+    Raises:
+        TypeError: for anything but an int, a finite float or a string (booleans and NaN would
+            match by accident: True == 1, and NaN is not equal to itself).
+    """
+    if (
+        isinstance(qid, bool)
+        or not isinstance(qid, int | float | str)
+        or (isinstance(qid, float) and not math.isfinite(qid))
+    ):
         raise TypeError(f"qid must be an int or a string, got {qid!r} ({type(qid).__name__})")
-    return str(qid)
+    return qid
 
 
 def _is_number(value: object) -> bool:
@@ -153,7 +183,7 @@ def _location(source: str, index: int, from_file: bool) -> str:
     return f"{source} line {index + 1}" if from_file else f"{source} row {index}"
 
 
-def _qid_of(row: Mapping[str, Any], where: str) -> int | str:
+def _qid_of(row: Mapping[str, Any], where: str) -> int | float | str:
     if "qid" not in row:
         raise SubmissionError(f"{where}: missing 'qid'")
     try:
@@ -163,16 +193,23 @@ def _qid_of(row: Mapping[str, Any], where: str) -> int | str:
     return row["qid"]
 
 
-def _windows(value: object, width: int, name: str, where: str) -> np.ndarray:
-    """Check a non-empty list of `width`-number lists and return it as a (N, width) float array."""
+def _windows(value: object, width: int, name: str, where: str, more_ok: bool = False) -> np.ndarray:
+    """Check a non-empty list of `width`-number lists and return it as a (N, width) float array.
+
+    With `more_ok`, a window may hold more items; they are ignored, as the official evaluation
+    ignores everything after `[start, end, score]`.
+    """
     if not isinstance(value, list) or not value:
         raise SubmissionError(f"{where}: '{name}' must be a non-empty list, got {value!r:.80}")
     for i, window in enumerate(value):
-        if not (isinstance(window, list | tuple) and len(window) == width and all(map(_is_number, window))):
+        is_list = isinstance(window, list | tuple)
+        size_ok = is_list and (len(window) >= width if more_ok else len(window) == width)
+        if not (size_ok and all(map(_is_number, window[:width]))):
             raise SubmissionError(
-                f"{where}: '{name}'[{i}] must be {width} finite numbers, got {window!r:.80}"
+                f"{where}: '{name}'[{i}] must {'start with' if more_ok else 'be'} {width} finite numbers, "
+                f"got {window!r:.80}"
             )
-    return np.asarray(value, dtype=np.float64).reshape(-1, width)
+    return np.asarray([window[:width] for window in value], dtype=np.float64)  # (N, width)
 
 
 def parse_ground_truth(
@@ -235,17 +272,6 @@ def num_clips(duration_sec: float) -> int:
     return int(duration_sec / CLIP_SEC)
 
 
-def saliency_lengths(duration_sec: float) -> tuple[int, ...]:
-    """Accepted lengths of `pred_saliency_scores`: the labelled clips, plus a trailing partial clip.
-
-    A model scoring every 2-s clip of a video of odd duration gives `ceil(duration / 2)` scores; the
-    last clip is unlabelled and the metrics treat it as the official evaluation does (see
-    `ground.metrics.qvhighlights_highlight_metrics`).
-    """
-    full = num_clips(duration_sec)
-    return (full,) if full * CLIP_SEC == duration_sec else (full, full + 1)
-
-
 def _saliency_matrix(row: Mapping[str, Any], duration_sec: float, where: str) -> np.ndarray:
     """(T, A) annotator scores per clip from `relevant_clip_ids` + `saliency_scores` (0 elsewhere)."""
     clip_ids, scores = row.get("relevant_clip_ids"), row.get("saliency_scores")
@@ -304,24 +330,16 @@ def parse_submission(
             raise SubmissionError(f"{where}: expected an object, got {type(row).__name__}")
         qid = _qid_of(row, where)
         where = f"{where} (qid {qid!r})"
-        vid = row.get("vid")
-        if vid is not None and not isinstance(vid, str):
-            raise SubmissionError(f"{where}: 'vid' must be a string, got {vid!r}")
         windows = scores = saliency = None
         if "pred_relevant_windows" in row:
-            triples = _windows(row["pred_relevant_windows"], 3, "pred_relevant_windows", where)
-            windows, scores = triples[:, :2], triples[:, 2]
+            triples = _windows(row["pred_relevant_windows"], 3, "pred_relevant_windows", where, more_ok=True)
+            windows, scores = triples[:, :2], triples[:, 2]  # (K, 2), (K,)
+            # The official code takes such a window's IoU from a negative length (NaN when the union
+            # is 0, and a NaN IoU passes its threshold test), so its numbers would be artefacts.
             if np.any(windows[:, 0] > windows[:, 1]):
                 i = int(np.flatnonzero(windows[:, 0] > windows[:, 1])[0])
                 raise SubmissionError(
                     f"{where}: pred_relevant_windows[{i}] has start > end: {triples[i].tolist()}"
-                )
-            rises = np.flatnonzero(np.diff(scores) > 0)
-            if len(rises):
-                i = int(rises[0]) + 1
-                raise SubmissionError(
-                    f"{where}: pred_relevant_windows must be sorted by score, descending: window {i} has "
-                    f"score {scores[i]:g} after {scores[i - 1]:g}"
                 )
         if "pred_saliency_scores" in row:
             values = row["pred_saliency_scores"]
@@ -333,7 +351,9 @@ def parse_submission(
             saliency = np.asarray(values, dtype=np.float64)
         if windows is None and saliency is None:
             raise SubmissionError(f"{where}: neither 'pred_relevant_windows' nor 'pred_saliency_scores'")
-        queries.append(SubmittedQuery(qid, vid, windows, scores, saliency, where))
+        queries.append(SubmittedQuery(qid, row.get("vid"), windows, scores, saliency, where))
+    # The official code decides from the first row alone: a field missing there is ignored on every
+    # row, a field missing on a later row stops it. Neither depends on the data alone, so refuse.
     for field, present in (("pred_relevant_windows", "windows"), ("pred_saliency_scores", "saliency")):
         missing = [q for q in queries if getattr(q, present) is None]
         if missing and len(missing) != len(queries):
@@ -342,13 +362,17 @@ def parse_submission(
 
 
 def _align(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]) -> list[GroundTruthQuery]:
-    """Ground truth in submission order, after checking both hold the same unique query ids."""
-    by_key: dict[str, GroundTruthQuery] = {}
+    """Ground truth in submission order, after checking both hold the same unique query ids.
+
+    Repeated ids are refused although the official evaluation takes them: it would pool the
+    windows of both rows for mAP but score only the last row for R1 and the highlight metrics.
+    """
+    by_key: dict[int | float | str, GroundTruthQuery] = {}
     for gt in ground_truth:
         if qid_key(gt.qid) in by_key:
             raise SubmissionError(f"{gt.where}: qid repeated (first at {by_key[qid_key(gt.qid)].where})")
         by_key[qid_key(gt.qid)] = gt
-    seen: dict[str, SubmittedQuery] = {}
+    seen: dict[int | float | str, SubmittedQuery] = {}
     for pred in submission:
         key = qid_key(pred.qid)
         if key in seen:
@@ -359,19 +383,8 @@ def _align(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery
         listed = ", ".join(repr(pred.qid) for pred in extra[:5])
         raise SubmissionError(
             f"submission has {len(extra)} queries not in the ground truth, e.g. qid {listed} "
-            f"(first at {extra[0].where})"
+            f"(first at {extra[0].where}){_type_hint(extra[0].qid, by_key)}"
         )
-    for key, pred in seen.items():
-        gt = by_key[key]
-        if pred.vid is not None and pred.vid != gt.vid:
-            raise SubmissionError(f"{pred.where}: vid {pred.vid!r} but the ground truth says {gt.vid!r}")
-        allowed = saliency_lengths(gt.duration_sec)
-        if pred.saliency is not None and gt.saliency is not None and len(pred.saliency) not in allowed:
-            raise SubmissionError(
-                f"{pred.where}: {len(pred.saliency)} pred_saliency_scores, expected "
-                f"{' or '.join(map(str, allowed))} (one per 2-s clip of the {gt.duration_sec:g}-s video"
-                + (", the trailing partial clip optional)" if len(allowed) > 1 else ")")
-            )
     missing = [gt for key, gt in by_key.items() if key not in seen]
     if missing:
         listed = ", ".join(repr(gt.qid) for gt in missing[:5])
@@ -380,6 +393,37 @@ def _align(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery
             f"(first at {missing[0].where})"
         )
     return [by_key[qid_key(pred.qid)] for pred in submission]
+
+
+def _type_hint(qid: int | float | str, known: Mapping[int | float | str, object]) -> str:
+    """A note when `qid` is unknown only because the other file writes it as a string, or as a number."""
+    twin: int | str | None = None
+    if isinstance(qid, str) and qid.strip().lstrip("-").isdigit():
+        twin = int(qid)
+    elif isinstance(qid, int | float) and float(qid).is_integer():
+        twin = str(int(qid))
+    if twin is None or twin not in known:
+        return ""
+    return (
+        f'; the ground truth has qid {twin!r}: ids match by value and type, 2579 and "2579" are two '
+        "queries, as in the official evaluation"
+    )
+
+
+def vid_mismatches(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]) -> list[str]:
+    """Submitted queries whose `vid` differs from the ground truth's, one line each.
+
+    The official evaluation ignores `vid` and so does the scoring; the CLI lists these on stderr.
+
+    Raises:
+        SubmissionError: as `score_queries` when the two files do not hold the same query ids.
+    """
+    aligned = _align(submission, ground_truth)
+    return [
+        f"{pred.where}: vid {pred.vid!r}, the ground truth says {gt.vid!r}"
+        for pred, gt in zip(submission, aligned, strict=True)
+        if pred.vid is not None and pred.vid != gt.vid
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,9 +589,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         submission = parse_submission(read_jsonl(args.submission), str(args.submission), from_file=True)
         ground_truth = parse_ground_truth(read_jsonl(args.gt), str(args.gt), from_file=True)
         metrics = score_queries(submission, ground_truth, protocol=args.protocol, length_buckets=buckets)
+        other_vids = vid_mismatches(submission, ground_truth)
     except (SubmissionError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if other_vids:
+        print(
+            f"note: {len(other_vids)} queries name another vid than the ground truth (scored by qid, as "
+            f"the official evaluation does), e.g. {other_vids[0]}",
+            file=sys.stderr,
+        )
     if (
         args.protocol == "qvhighlights"
         and submission[0].saliency is not None

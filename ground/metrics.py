@@ -569,9 +569,11 @@ def qvhighlights_highlight_metrics(
     rounded to 2 decimals.
 
     Args:
-        pred_saliency: per query, (T,) predicted clip scores, one per labelled clip, or (T + 1,)
-            with a score for a trailing partial clip (odd duration). That clip has no label: as in
-            the official code it is left out of HL-mAP, and when it has the top score Hit1 is a miss.
+        pred_saliency: per query, (N,) predicted clip scores, N >= 1, one per 2-s clip from clip 0.
+            N need not be T, as in the official code (`compute_ap_from_tuple`, `compute_hl_hit1`):
+            HL-mAP compares the first T scores with the T labelled clips, a shorter list padded
+            with score 0; Hit1 takes the top clip of the N scores as given, and a top clip at
+            index >= T (no label, e.g. the trailing partial clip of an odd duration) is a miss.
         gt_saliency: per query, (T, A) annotator scores 0..4 for every clip of the video (0 for the
             clips outside the relevant ones), A annotators (3 in QVHighlights).
 
@@ -588,11 +590,8 @@ def qvhighlights_highlight_metrics(
     for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
         if g.ndim != 2 or g.shape[1] != num_annotators or num_annotators == 0 or len(g) == 0:
             raise ValueError(f"query {i}: saliency labels must be (T, A) with the same A, got {g.shape}")
-        if p.ndim != 1 or len(p) not in (len(g), len(g) + 1):
-            raise ValueError(
-                f"query {i}: {len(p)} predicted clip scores for {len(g)} labelled clips "
-                f"(expected {len(g)}, or {len(g) + 1} with a trailing partial clip)"
-            )
+        if p.ndim != 1 or len(p) == 0:
+            raise ValueError(f"query {i}: predicted clip scores must be a non-empty vector, got {p.shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError(f"query {i}: non-finite predicted clip score")
     out = {}
@@ -601,10 +600,12 @@ def qvhighlights_highlight_metrics(
         hit = np.zeros(len(preds))  # (Q,)
         for i, (p, g) in enumerate(zip(preds, gts, strict=True)):
             positive = (g >= min_score).astype(np.float64)  # (T, A)
-            top_clip = np.argmax(p)
+            top_clip = np.argmax(p)  # over all N scores, the first of equal ones
             hit[i] = positive[top_clip].max() if top_clip < len(g) else 0.0
+            labelled = np.zeros(len(g))  # (T,): the first T scores, 0 past the end of a short list
+            labelled[: min(len(p), len(g))] = p[: len(g)]
             for a in range(num_annotators):
-                ap[i, a] = highlight_average_precision(positive[:, a], p[: len(g)])
+                ap[i, a] = highlight_average_precision(positive[:, a], labelled)
         out[f"HL-min-{level}"] = {
             "HL-mAP": _official_round(np.mean(ap)),
             "HL-Hit1": _official_round(np.mean(hit)),

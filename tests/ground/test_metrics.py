@@ -300,12 +300,15 @@ def test_qvh_highlight_hit1_is_max_over_annotators_and_map_mean_over_them() -> N
     assert out["HL-min-Fair"]["HL-mAP"] == round(100 * fair, 2)
     # VeryGood (>= 4): clip 0 only, for each annotator, ranked 3rd -> AP 1/3 each.
     assert out["HL-min-VeryGood"]["HL-mAP"] == 33.33
-    with pytest.raises(ValueError, match="3 predicted clip scores for 4 labelled clips"):
-        qvhighlights_highlight_metrics([pred[:3]], [gt])
+    # A short list is zero-padded for HL-mAP (the official `compute_ap_from_tuple`); Hit1 reads it as given.
+    short = qvhighlights_highlight_metrics([pred[:1]], [gt])  # AP sees [0.1, 0, 0, 0]
+    assert short["HL-min-VeryGood"]["HL-mAP"] == 100.0 and short["HL-min-VeryGood"]["HL-Hit1"] == 100.0
+    with pytest.raises(ValueError, match="non-empty vector"):
+        qvhighlights_highlight_metrics([pred[:0]], [gt])
 
 
 def test_qvh_highlight_trailing_partial_clip() -> None:
-    """A 5th score (a partial clip with no label) is left out of HL-mAP and misses Hit1 when on top."""
+    """Scores past the labelled clips (a partial clip) are left out of HL-mAP and miss Hit1 when on top."""
     gt = np.array([[4, 4, 4], [0, 0, 2], [3, 0, 0], [0, 0, 0]], dtype=float)
     pred = np.array([0.2, 0.9, 0.5, 0.1])
     with_partial_low = qvhighlights_highlight_metrics([np.append(pred, -1.0)], [gt])
@@ -313,8 +316,8 @@ def test_qvh_highlight_trailing_partial_clip() -> None:
     with_partial_top = qvhighlights_highlight_metrics([np.append(pred, 5.0)], [gt])
     assert with_partial_top["HL-min-Fair"]["HL-Hit1"] == 0.0
     assert with_partial_top["HL-min-Fair"]["HL-mAP"] == with_partial_low["HL-min-Fair"]["HL-mAP"]
-    with pytest.raises(ValueError, match="6 predicted clip scores for 4 labelled clips"):
-        qvhighlights_highlight_metrics([np.append(pred, [1.0, 2.0])], [gt])
+    two_more = qvhighlights_highlight_metrics([np.append(pred, [1.0, 2.0])], [gt])
+    assert two_more["HL-min-Fair"] == with_partial_top["HL-min-Fair"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,23 +374,31 @@ def test_moment_only_and_highlight_only_submissions() -> None:
         evaluate_submission(saliency_only, unlabelled)
 
 
-def test_qids_match_across_int_and_str() -> None:
+def test_qids_match_by_value_and_type() -> None:
+    """As the official evaluation's set comparison: 2 == 2.0, but 2 != "2"."""
+    as_floats = [{**row, "qid": float(row["qid"])} for row in SUB_ROWS]
+    assert evaluate_submission(as_floats, GT_ROWS) == evaluate_submission(SUB_ROWS, GT_ROWS)
     as_strings = [{**row, "qid": str(row["qid"])} for row in SUB_ROWS]
-    assert evaluate_submission(as_strings, GT_ROWS) == evaluate_submission(SUB_ROWS, GT_ROWS)
-    with pytest.raises(SubmissionError, match="not in the ground truth"):
-        evaluate_submission([{**SUB_ROWS[0], "qid": "02"}, SUB_ROWS[1]], GT_ROWS)
-
-
-def test_saliency_length_of_odd_duration_videos() -> None:
-    """A 21-s video has 10 labelled clips and a partial 11th: 10 or 11 scores are accepted."""
-    gt = [gt_row(1, [[0, 4]], duration=21)]
-    for length in (10, 11):
-        out = evaluate_submission([sub_row(1, [[0, 4, 1.0]], saliency=[1.0] + [0.0] * (length - 1))], gt)
-        assert out["brief"]["HL-min-Fair-Hit1"] == 100.0
     with pytest.raises(
-        SubmissionError, match=r"12 pred_saliency_scores, expected 10 or 11 .*partial clip optional"
+        SubmissionError, match=r"qid '2', '1' .*; the ground truth has qid 2: ids match by value and type"
     ):
-        evaluate_submission([sub_row(1, [[0, 4, 1.0]], saliency=[0.0] * 12)], gt)
+        evaluate_submission(as_strings, GT_ROWS)
+    string_gt = [{**row, "qid": str(row["qid"])} for row in GT_ROWS]
+    assert evaluate_submission(as_strings, string_gt) == evaluate_submission(SUB_ROWS, GT_ROWS)
+    with pytest.raises(SubmissionError, match=r"not in the ground truth, e.g. qid '02' \(first at [^;]*\)$"):
+        evaluate_submission([{**as_strings[0], "qid": "02"}, as_strings[1]], string_gt)
+
+
+def test_saliency_lists_of_any_length() -> None:
+    """A 21-s video has 10 labelled clips; lists of any length score as the official evaluation does."""
+    gt = [gt_row(1, [[0, 4]], duration=21)]
+    for length in (1, 9, 10, 11, 12):
+        out = evaluate_submission([sub_row(1, [[0, 4, 1.0]], saliency=[1.0] + [0.0] * (length - 1))], gt)
+        assert out["brief"]["HL-min-Fair-Hit1"] == 100.0  # clip 0 on top, scored 2, 3, 4
+        assert out["brief"]["HL-min-Fair-mAP"] == 100.0
+    # The top score on the partial 11th clip: unlabelled, a Hit1 miss.
+    out = evaluate_submission([sub_row(1, [[0, 4, 1.0]], saliency=[1.0] + [0.0] * 9 + [2.0])], gt)
+    assert out["brief"]["HL-min-Fair-Hit1"] == 0.0 and out["brief"]["HL-min-Fair-mAP"] == 100.0
 
 
 def test_recall_protocol() -> None:
@@ -410,13 +421,7 @@ def test_recall_protocol() -> None:
             GT_ROWS,
             r"submission row 2 \(qid 2\): qid repeated \(first at submission row 0",
         ),
-        (SUB_ROWS, [*GT_ROWS, {**GT_ROWS[0], "qid": "1"}], r"row 2 \(qid '1'\): qid repeated"),
-        (
-            [sub_row(2, [[4, 16, 0.1], [0, 2, 0.9]]), SUB_ROWS[1]],
-            GT_ROWS,
-            r"row 0 \(qid 2\): pred_relevant_windows must be sorted by score, descending: window 1 has "
-            r"score 0.9 after 0.1",
-        ),
+        (SUB_ROWS, [*GT_ROWS, {**GT_ROWS[0], "qid": 1.0}], r"row 2 \(qid 1.0\): qid repeated"),
         (
             [sub_row(2, [[16, 4, 0.9]]), SUB_ROWS[1]],
             GT_ROWS,
@@ -425,26 +430,16 @@ def test_recall_protocol() -> None:
         (
             [sub_row(2, [[4, 16]]), SUB_ROWS[1]],
             GT_ROWS,
-            r"'pred_relevant_windows'\[0\] must be 3 finite numbers",
+            r"'pred_relevant_windows'\[0\] must start with 3 finite numbers",
         ),
         ([sub_row(2, []), SUB_ROWS[1]], GT_ROWS, r"'pred_relevant_windows' must be a non-empty list"),
-        (
-            [sub_row(2, [[4, 16, 0.9]], saliency=[0.0] * 9), SUB_ROWS[1]],
-            GT_ROWS,
-            r"row 0 \(qid 2\): 9 pred_saliency_scores, expected 10 \(one per 2-s clip of the 20-s video",
-        ),
         ([sub_row(2, [[4, 16, 0.9]], saliency=[0.0, None]), SUB_ROWS[1]], GT_ROWS, "finite numbers"),
         (
             [SUB_ROWS[0], {k: v for k, v in SUB_ROWS[1].items() if k != "pred_saliency_scores"}],
             GT_ROWS,
             r"row 1 \(qid 1\): no 'pred_saliency_scores' while other queries have it",
         ),
-        (
-            [{**SUB_ROWS[0], "vid": "other"}, SUB_ROWS[1]],
-            GT_ROWS,
-            r"vid 'other' but the ground truth says 'v2'",
-        ),
-        ([{**SUB_ROWS[0], "qid": 2.0}, SUB_ROWS[1]], GT_ROWS, "qid must be an int or a string"),
+        ([{**SUB_ROWS[0], "qid": [2]}, SUB_ROWS[1]], GT_ROWS, "qid must be an int or a string"),
         (
             SUB_ROWS,
             [gt_row(1, [[4, 4]]), GT_ROWS[1]],
@@ -510,10 +505,10 @@ def test_cli_reports_malformed_lines(tmp_path: Path, capsys, text: str, message:
 
 
 def test_cli_file_errors_name_the_line_and_qid(tmp_path: Path, capsys) -> None:
-    sub = write_jsonl(tmp_path / "pred.jsonl", [SUB_ROWS[0], sub_row(1, [[0, 6, 0.5], [0, 8, 0.6]])])
+    sub = write_jsonl(tmp_path / "pred.jsonl", [SUB_ROWS[0], sub_row(1, [[0, 6, 0.5], [8, 0, 0.6]])])
     gt = write_jsonl(tmp_path / "gt.jsonl", GT_ROWS)
     assert main(["--submission", str(sub), "--gt", str(gt)]) == 1
-    assert "pred.jsonl line 2 (qid 1): pred_relevant_windows must be sorted" in capsys.readouterr().err
+    assert "pred.jsonl line 2 (qid 1): pred_relevant_windows[1] has start > end" in capsys.readouterr().err
     assert main(["--submission", str(tmp_path / "missing.jsonl"), "--gt", str(gt)]) == 1
     assert "missing.jsonl" in capsys.readouterr().err
 
@@ -586,7 +581,7 @@ def test_real_val_shifted_windows(qvh_val: list[dict]) -> None:
     submission, top1_iou = [], []
     for gt in qvh_val:
         windows = [[s + shift_sec, e + shift_sec, 1.0] for s, e in gt["relevant_windows"]]
-        submission.append({"qid": str(gt["qid"]), "pred_relevant_windows": windows})
+        submission.append({"qid": gt["qid"], "pred_relevant_windows": windows})
         top1_iou.append(max(_interval_iou(windows[0], g) for g in gt["relevant_windows"]))
     out = evaluate_submission(submission, qvh_val)
     for key, threshold in (("0.5", 0.5), ("0.7", 0.7), ("0.9", 0.9)):
