@@ -230,6 +230,7 @@ def test_upload_problems(client: TestClient) -> None:
         ({"video_id": "amber", "queries": "x"}, 422),
         ({"video_id": "amber", "queries": ["x"], "unknown": 1}, 422),
         ({"queries": ["x"]}, 422),
+        ({"video_id": "a" * 4097, "queries": ["x"]}, 422),
         ({"video_id": "amber", "queries": ["x"], "coarse_to_fine": True}, 400),  # cached: no frames
     ],
 )
@@ -414,7 +415,14 @@ def test_a_100_kib_media_path_is_a_414(hostile: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("video_id", "status"),
-    [(".hidden/clip.mp4", 404), ("notes.txt", 404), ("loop.mp4", 404), ("escape.mp4", 403), (".env", 404)],
+    [
+        (".hidden/clip.mp4", 404),
+        ("notes.txt", 404),
+        ("loop.mp4", 404),
+        ("escape.mp4", 403),
+        (".env", 404),
+        ("videos/" + "\u00e9" * 2100 + ".mp4", 414),  # 2111 characters, 4211 bytes of UTF-8
+    ],
 )
 def test_ground_refuses_what_media_refuses(hostile: TestClient, video_id: str, status: int) -> None:
     _error(hostile.post("/ground", json={"video_id": video_id, "queries": ["x"]}), status)
