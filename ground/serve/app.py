@@ -7,11 +7,13 @@ Endpoints (docs/serving.md): `POST /ground` (JSON naming a video, or a multipart
 `GET /videos`, `GET /health`, `GET /media/{path}` (range requests, for the player) and `GET /`
 (the page). Every error is JSON `{"error": ...}` with its status code.
 
-Security: videos are served and read only from inside the media root. A path with `..`, an
-absolute path, or one whose resolved target (symlinks followed) lies outside the root is
-refused; request bodies are capped (413) while they stream in, so an upload never lands on disk
-beyond the cap. There is no authentication: bind to 127.0.0.1 (the default) or put a proxy with
-authentication in front.
+Security: every media access goes through `MediaRoot.resolve`, which serves only video files
+(`VIDEO_SUFFIXES`) inside the media root: a path with `..`, an absolute path, a hidden component
+at any depth, or one whose resolved target (symlinks followed) lies outside the root, is hidden
+or is not a video, is refused. JSON bodies are strictly typed (`"5"` is not an integer) and only
+`application/json` is read as JSON. Request bodies are capped (413) while they stream in, so an
+upload never lands on disk beyond the cap. There is no authentication: bind to 127.0.0.1 (the
+default) or put a proxy with authentication in front.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -39,7 +40,11 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".webm", ".mov", ".mkv", ".avi")
-"""Files listed by `/videos` and accepted as uploads."""
+"""The only files listed by `/videos`, served by `/media/`, grounded by path and accepted as uploads."""
+MAX_PATH_BYTES = 4096
+"""Longest media path (Linux's PATH_MAX); longer is 414."""
+MAX_NAME_BYTES = 255
+"""Longest name of one path component (NAME_MAX): no file can have a longer one, so 404."""
 MAX_QUERIES = 32
 MAX_QUERY_CHARS = 1000
 MAX_JSON_BYTES = 1 << 20
@@ -53,12 +58,12 @@ Query = Annotated[str, Field(max_length=MAX_QUERY_CHARS)]
 
 
 class GroundRequest(BaseModel):
-    """`POST /ground` JSON body."""
+    """`POST /ground` JSON body. Strict: `"top_k": "5"` or `"coarse_to_fine": "true"` is a 422."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     video_id: str = Field(
-        min_length=1, max_length=4096, description="a path under the media root, or a cached id"
+        min_length=1, max_length=MAX_PATH_BYTES, description="a path under the media root, or a cached id"
     )
     queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
     top_k: int = Field(5, ge=1, le=100)
@@ -66,11 +71,46 @@ class GroundRequest(BaseModel):
 
 
 class UploadForm(BaseModel):
-    """The form fields beside the `file` of a multipart `POST /ground`."""
+    """The form fields beside the `file` of a multipart `POST /ground`.
+
+    Strict, like `GroundRequest`. Form values are text, so `_form_fields` reads the typed ones
+    first (`_FORM_TEXT`); text it cannot read stays text and the model refuses it (422).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
     top_k: int = Field(5, ge=1, le=100)
     coarse_to_fine: bool | None = None
+
+
+_FORM_TEXT: dict[str, Callable[[str], Any]] = {
+    "top_k": lambda text: int(text) if text.isascii() and text.isdigit() else text,
+    "coarse_to_fine": lambda text: {"true": True, "false": False}.get(text, text),
+}
+"""How the typed form fields are read from text: only ASCII digits are an integer (not `2.0`,
+`+2`, `2_0` or ` 2`) and only `true`/`false` a boolean (not `yes`, `1` or `True`)."""
+
+
+def _form_fields(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The multipart fields other than `file`, for `UploadForm`.
+
+    An empty value is an unset field (the page sends none for "server default"). A field other
+    than `queries` given twice stays a list, which the model refuses: nothing is dropped.
+    """
+    values: dict[str, list[Any]] = {"queries": []}
+    for name, value in items:
+        if name != "file" and value != "":
+            values.setdefault(name, []).append(value)
+    fields: dict[str, Any] = {}
+    for name, given in values.items():
+        if name == "queries" or len(given) > 1:
+            fields[name] = given
+        elif isinstance(given[0], str) and name in _FORM_TEXT:
+            fields[name] = _FORM_TEXT[name](given[0])
+        else:
+            fields[name] = given[0]
+    return fields
 
 
 class Window(BaseModel):
@@ -115,8 +155,59 @@ class VideoList(BaseModel):
 # -- the media root -----------------------------------------------------------------------------
 
 
+class MediaPathError(Exception):
+    """A media path (a `/media/` URL or a `video_id`) that is refused; carries the path and why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{_shown(self.path)}: {self.reason}"
+
+
+class MalformedMediaPath(MediaPathError):
+    """Empty, with a NUL byte, absolute, or with a `..` component (400)."""
+
+
+class MediaPathOutsideRoot(MediaPathError):
+    """Its resolved target (symlinks followed) lies outside the media root (403)."""
+
+
+class MediaNotFound(MediaPathError):
+    """No servable video there: missing, not a file, a hidden component, a non-video suffix, a
+    symlink loop, or a name longer than any file name can be (404)."""
+
+
+class MediaPathTooLong(MediaPathError):
+    """Longer than `MAX_PATH_BYTES` (414)."""
+
+
+def _shown(text: str, limit_chars: int = 120) -> str:
+    """`text` quoted for an error line, cut to `limit_chars` with its full length named."""
+    if len(text) <= limit_chars:
+        return repr(text)
+    return f"{text[:limit_chars]!r}... ({len(text.encode('utf-8', 'replace'))} bytes)"
+
+
+def _unservable(parts: Sequence[str]) -> str | None:
+    """Why a path with these components is never served (a hidden component at any depth, or a
+    name without a video suffix), or None when it may be."""
+    hidden = [part for part in parts if part.startswith(".")]
+    if hidden:
+        return f"hidden path component {_shown(hidden[0])} is never served"
+    if not parts or not parts[-1].lower().endswith(VIDEO_SUFFIXES):
+        return f"only videos are served ({', '.join(VIDEO_SUFFIXES)})"
+    return None
+
+
 class MediaRoot:
-    """Maps client-supplied relative paths to files inside one folder, refusing everything else."""
+    """Maps client-supplied relative paths to the videos inside one folder, refusing all else.
+
+    `resolve` is the one gate for every media access (`/media/`, `video_id`s, `/videos`, cached
+    videos' source files): what it refuses is neither served, listed, nor grounded.
+    """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).resolve(strict=True)
@@ -124,47 +215,90 @@ class MediaRoot:
             raise NotADirectoryError(f"media root {root} is not a folder")
 
     def resolve(self, relative: str) -> Path:
-        """The file `relative` names, or an HTTPException (400 malformed, 403 escapes, 404 missing)."""
+        """The video file that `relative` (a POSIX path under the root) names.
+
+        Both the path as given and its resolved target (symlinks followed) must have no hidden
+        component and a video suffix, and the target must be a file inside the root.
+
+        Raises:
+            MalformedMediaPath: empty, NUL, absolute or `..`.
+            MediaPathTooLong: over `MAX_PATH_BYTES` bytes (UTF-8).
+            MediaNotFound: missing, not a file, hidden, not a video, a symlink loop, unreadable,
+                or a component over `MAX_NAME_BYTES` bytes (no file can have such a name).
+            MediaPathOutsideRoot: the resolved target lies outside the root.
+        """
         if not relative or "\x00" in relative:
-            raise HTTPException(400, "empty or malformed path")
+            raise MalformedMediaPath(relative, "empty or malformed path")
+        if len(relative.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+            raise MediaPathTooLong(relative, f"path longer than {MAX_PATH_BYTES} bytes")
         posix, windows = PurePosixPath(relative), PureWindowsPath(relative)
         if posix.is_absolute() or windows.is_absolute() or windows.drive or relative.startswith("\\"):
-            raise HTTPException(400, f"absolute paths are not allowed: {relative!r}")
+            raise MalformedMediaPath(relative, "absolute paths are not allowed")
         if ".." in posix.parts or ".." in windows.parts:
-            raise HTTPException(400, f"'..' is not allowed in paths: {relative!r}")
+            raise MalformedMediaPath(relative, "'..' is not allowed in paths")
+        if any(len(part.encode("utf-8", "replace")) > MAX_NAME_BYTES for part in posix.parts):
+            raise MediaNotFound(relative, f"a path component is longer than {MAX_NAME_BYTES} bytes")
+        if (why := _unservable(posix.parts)) is not None:
+            raise MediaNotFound(relative, why)
         try:
             resolved = (self.root / posix).resolve(strict=True)
         except (FileNotFoundError, NotADirectoryError):
-            raise HTTPException(404, f"no video {relative!r} under the media root") from None
-        except RuntimeError:  # Path.resolve on a symlink loop
-            raise HTTPException(404, f"no video {relative!r} under the media root (symlink loop)") from None
+            raise MediaNotFound(relative, "no such video under the media root") from None
+        except RuntimeError:  # Path.resolve on a symlink loop (Python < 3.13)
+            raise MediaNotFound(relative, "symlink loop") from None
+        except OSError as err:  # ELOOP on Python >= 3.13, EACCES, ...
+            raise MediaNotFound(relative, f"cannot be resolved: {err.strerror}") from None
         if not resolved.is_relative_to(self.root):
-            raise HTTPException(403, f"{relative!r} points outside the media root")
+            raise MediaPathOutsideRoot(relative, "points outside the media root")
+        if (why := _unservable(resolved.relative_to(self.root).parts)) is not None:
+            raise MediaNotFound(relative, f"links to a file that is not served: {why}")
         if not resolved.is_file():
-            raise HTTPException(404, f"{relative!r} is not a file")
+            raise MediaNotFound(relative, "not a file")
         return resolved
 
     def relative(self, path: str | os.PathLike) -> str | None:
-        """`path` relative to the root when its resolved target lies inside, else None."""
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.root) or not resolved.is_file():
+        """`path` relative to the root when `resolve` would serve it, else None."""
+        try:
+            rel = Path(path).resolve().relative_to(self.root).as_posix()
+            self.resolve(rel)
+        except (OSError, RuntimeError, ValueError, MediaPathError):
+            # Not under the root (ValueError), a symlink loop (RuntimeError) or refused.
             return None
-        return resolved.relative_to(self.root).as_posix()
+        return rel
 
     def videos(self) -> list[str]:
-        """Video files under the root (symlinks whose target lies outside are left out and logged)."""
+        """The servable videos under the root, as root-relative POSIX paths, sorted.
+
+        Hidden folders and files, and files without a video suffix, are skipped; a video file
+        that `resolve` refuses (a symlink loop, or a target outside the root) and a folder that
+        cannot be read are left out and logged.
+        """
+
+        def unreadable(err: OSError) -> None:
+            log.warning("media: cannot read folder %s (%s); not listed", err.filename, err.strerror)
+
         found = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable):
+            dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
             for name in sorted(filenames):
-                if not name.lower().endswith(VIDEO_SUFFIXES):
+                if _unservable([name]) is not None:
                     continue
-                rel = self.relative(Path(dirpath) / name)
-                if rel is None:
-                    log.warning("media: %s points outside the media root; not listed", Path(dirpath) / name)
+                rel = (Path(dirpath) / name).relative_to(self.root).as_posix()
+                try:
+                    self.resolve(rel)
+                except MediaPathError as err:
+                    log.warning("media: not listed: %s", err)
                     continue
-                found.append((Path(dirpath) / name).relative_to(self.root).as_posix())
+                found.append(rel)
         return found
+
+
+MEDIA_PATH_STATUS: dict[type[MediaPathError], int] = {
+    MalformedMediaPath: 400,
+    MediaPathOutsideRoot: 403,
+    MediaNotFound: 404,
+    MediaPathTooLong: 414,
+}
 
 
 # -- request body limits ------------------------------------------------------------------------
@@ -198,6 +332,48 @@ def _check_length(request: Request, limit_bytes: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise _too_large(limit_bytes)
+
+
+BodyKind = Literal["json", "multipart"]
+
+
+def _body_kind(content_type: str) -> BodyKind:
+    """What a request body is, from its Content-Type header, or a 415.
+
+    JSON is exactly `application/json`, with an optional `charset=utf-8` (RFC 8259: JSON is
+    UTF-8). Look-alikes (`application/jsonp`) and `+json` types (`application/merge-patch+json`,
+    ...) name other formats or semantics that this API does not speak, so they are refused.
+    """
+    media_type, *params = (part.strip() for part in content_type.split(";"))
+    media_type = media_type.lower()
+    if media_type == "multipart/form-data":
+        return "multipart"
+    if media_type != "application/json":
+        raise HTTPException(
+            415, f"content type {_shown(media_type)}: send application/json or multipart/form-data"
+        )
+    for param in params:
+        name, _, value = param.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise HTTPException(415, f"JSON bodies are UTF-8; got charset {_shown(charset)}")
+    return "json"
+
+
+def _problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors as JSON: where, what and which kind, never the input itself.
+
+    The input is left out because it may be bytes that are not UTF-8 (a body that is not text)
+    or a megabyte long; `loc` names the item.
+    """
+    return [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in errors
+    ]
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -256,9 +432,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            {"error": "invalid request", "detail": jsonable_encoder(exc.errors())}, status_code=422
-        )
+        return JSONResponse({"error": "invalid request", "detail": _problems(exc.errors())}, status_code=422)
+
+    @app.exception_handler(MediaPathError)
+    async def media_path_error(request: Request, exc: MediaPathError) -> JSONResponse:
+        status = next(code for kind, code in MEDIA_PATH_STATUS.items() if isinstance(exc, kind))
+        return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -322,11 +501,8 @@ def create_app(
         },
     )
     async def ground(request: Request) -> JSONResponse:
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
+        if _body_kind(request.headers.get("content-type", "")) == "multipart":
             return await _ground_upload(request)
-        if not content_type.startswith("application/json"):
-            raise HTTPException(415, "send application/json or multipart/form-data")
         _check_length(request, MAX_JSON_BYTES)
         try:
             body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
@@ -340,7 +516,10 @@ def create_app(
             video: str | Path = req.video_id
             vid = req.video_id
         else:
-            video = media.resolve(req.video_id)
+            try:
+                video = media.resolve(req.video_id)
+            except MediaNotFound as err:
+                raise MediaNotFound(req.video_id, f"not a cached video id, and {err.reason}") from None
             vid = source_vid.get(media.relative(video) or "")
         results = await _run(video, req.queries, req.top_k, req.coarse_to_fine)
         return _respond(req.video_id, results, vid)
@@ -359,14 +538,11 @@ def create_app(
             suffix = Path(upload.filename or "").suffix.lower()
             if suffix not in VIDEO_SUFFIXES:
                 raise HTTPException(
-                    400, f"upload {upload.filename!r}: expected one of {', '.join(VIDEO_SUFFIXES)}"
+                    400,
+                    f"upload {_shown(upload.filename or '')}: expected one of {', '.join(VIDEO_SUFFIXES)}",
                 )
-            fields: dict[str, Any] = {"queries": form.getlist("queries")}
-            for name in ("top_k", "coarse_to_fine"):
-                if form.get(name) not in (None, ""):
-                    fields[name] = form.get(name)
             try:
-                params = UploadForm.model_validate(fields)
+                params = UploadForm.model_validate(_form_fields(form.multi_items()))
             except ValidationError as err:
                 raise RequestValidationError(err.errors(include_url=False)) from None
             with tempfile.TemporaryDirectory(prefix="groundcache-upload-") as tmp:

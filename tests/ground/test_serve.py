@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
+import anyio
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from test_predict import World, grounding_world, query_text
 
 from ground.predict import Grounder
-from ground.serve.app import create_app
+from ground.serve.app import STATIC_DIR, create_app
+
+NODE = shutil.which("node")
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +41,43 @@ def media(tmp_path_factory: pytest.TempPathFactory, world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(world: World, media: None) -> TestClient:
-    grounder = Grounder.from_checkpoint(world.ckpt, cache=world.cache)
+def grounder(world: World) -> Grounder:
+    return Grounder.from_checkpoint(world.ckpt, cache=world.cache)
+
+
+@pytest.fixture(scope="module")
+def client(grounder: Grounder, world: World, media: None) -> TestClient:
     # A one-MiB cap keeps the oversize test small.
     return TestClient(create_app(grounder, world.root, max_upload_mb=1))
+
+
+@pytest.fixture(scope="module")
+def hostile_root(tmp_path_factory: pytest.TempPathFactory, world: World) -> Path:
+    """A media root with one servable video and everything that must be neither listed nor served."""
+    root = tmp_path_factory.mktemp("hostile")
+    video = world.video("dune").read_bytes()
+    (root / "videos").mkdir()
+    (root / "videos" / "ok.mp4").write_bytes(video)
+    (root / "videos" / ".secret.mp4").write_bytes(video)  # a hidden video file
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "clip.mp4").write_bytes(video)  # a video in a hidden folder
+    (root / ".env").write_text("TOKEN=do-not-serve\n")
+    (root / "notes.txt").write_text("not a video\n")
+    os.symlink("loop.mp4", root / "loop.mp4")  # a symlink loop: loop.mp4 -> loop.mp4
+    os.symlink("pong.mp4", root / "ping.mp4")  # a two-link loop
+    os.symlink("ping.mp4", root / "pong.mp4")
+    os.symlink(".", root / "videos" / "self")  # a folder loop (os.walk does not follow it)
+    outside = tmp_path_factory.mktemp("hostile_outside") / "secret.mp4"
+    outside.write_bytes(video)
+    os.symlink(outside, root / "escape.mp4")
+    os.symlink("../.hidden/clip.mp4", root / "videos" / "alias.mp4")  # a video name for a hidden file
+    os.symlink("../notes.txt", root / "videos" / "text.mp4")  # a video name for a text file
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile(grounder: Grounder, hostile_root: Path) -> TestClient:
+    return TestClient(create_app(grounder, hostile_root))
 
 
 def _error(response, status: int) -> str:
@@ -141,6 +182,27 @@ def test_oversize_upload_without_content_length_is_cut_off(client: TestClient) -
     _error(response, 413)
 
 
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"top_k": "2.0"}, ["top_k"]),
+        ({"top_k": "+2"}, ["top_k"]),
+        ({"top_k": " 2"}, ["top_k"]),
+        ({"top_k": ["2", "3"]}, ["top_k"]),  # given twice: not silently one of them
+        ({"coarse_to_fine": "yes"}, ["coarse_to_fine"]),
+        ({"coarse_to_fine": "1"}, ["coarse_to_fine"]),
+        ({"unknown": "1"}, ["unknown"]),
+    ],
+)
+def test_upload_fields_are_strict(client: TestClient, fields: dict, loc: list) -> None:
+    # Refused before the (undecodable) file is looked at.
+    response = client.post(
+        "/ground", files={"file": ("a.mp4", b"abc", "video/mp4")}, data={"queries": ["x"], **fields}
+    )
+    _error(response, 422)
+    assert [problem["loc"] for problem in response.json()["detail"]] == [loc]
+
+
 def test_upload_problems(client: TestClient) -> None:
     _error(
         client.post("/ground", files={"file": ("a.txt", b"abc", "text/plain")}, data={"queries": ["x"]}), 400
@@ -168,6 +230,7 @@ def test_upload_problems(client: TestClient) -> None:
         ({"video_id": "amber", "queries": "x"}, 422),
         ({"video_id": "amber", "queries": ["x"], "unknown": 1}, 422),
         ({"queries": ["x"]}, 422),
+        ({"video_id": "a" * 4097, "queries": ["x"]}, 422),
         ({"video_id": "amber", "queries": ["x"], "coarse_to_fine": True}, 400),  # cached: no frames
     ],
 )
@@ -178,6 +241,63 @@ def test_bad_ground_requests(client: TestClient, body: dict, status: int) -> Non
 def test_malformed_json_and_content_type(client: TestClient) -> None:
     _error(client.post("/ground", content=b"{not json", headers={"content-type": "application/json"}), 422)
     _error(client.post("/ground", content=b"x", headers={"content-type": "text/plain"}), 415)
+
+
+def test_a_body_that_is_not_utf8_is_a_422(client: TestClient) -> None:
+    body = b'{"video_id": "amber", "queries": ["caf\xe9 \xff\xfe"]}'  # Latin-1 and stray bytes
+    response = client.post("/ground", content=body, headers={"content-type": "application/json"})
+    assert _error(response, 422) == "invalid request"
+    [problem] = response.json()["detail"]
+    assert problem["type"] == "json_invalid" and "unicode" in problem["msg"]
+    assert "input" not in problem  # the body is not echoed (it may not be text at all)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/jsonp",
+        "application/json-seq",
+        "application/merge-patch+json",
+        "text/json",
+        "application/json; charset=latin-1",
+        "multipart/form-dataX; boundary=b",
+        "",
+    ],
+)
+def test_only_application_json_is_read_as_json(client: TestClient, content_type: str) -> None:
+    body = b'{"video_id": "amber", "queries": ["x"]}'
+    error = _error(client.post("/ground", content=body, headers={"content-type": content_type}), 415)
+    assert "application/json" in error or "UTF-8" in error
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", 'Application/JSON; charset="UTF-8"']
+)
+def test_json_with_a_utf8_charset_is_read(client: TestClient, content_type: str) -> None:
+    body = '{"video_id": "cedar", "queries": ["café"], "top_k": 2}'.encode()
+    response = client.post("/ground", content=body, headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["query"] == "café"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("top_k", "5", "int_type"),
+        ("top_k", 5.0, "int_type"),
+        ("top_k", True, "int_type"),
+        ("coarse_to_fine", "false", "bool_type"),
+        ("coarse_to_fine", 0, "bool_type"),
+        ("video_id", 5, "string_type"),
+        ("queries", ["x", 1], "string_type"),
+    ],
+)
+def test_json_types_are_strict(client: TestClient, field: str, value: object, kind: str) -> None:
+    body = {"video_id": "amber", "queries": ["x"], field: value}
+    response = client.post("/ground", json=body)
+    _error(response, 422)
+    [problem] = response.json()["detail"]
+    assert problem["loc"][0] == field and problem["type"] == kind
 
 
 @pytest.mark.parametrize(
@@ -194,6 +314,142 @@ def test_malformed_json_and_content_type(client: TestClient) -> None:
 )
 def test_media_refuses_paths_outside_the_root(client: TestClient, path: str, status: int) -> None:
     _error(client.get(path), status)
+
+
+def test_videos_lists_only_servable_videos(hostile: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ground.serve.app"):
+        response = hostile.get("/videos")
+    assert response.status_code == 200, response.text
+    files = [v["id"] for v in response.json()["videos"] if v["kind"] == "file"]
+    assert files == ["videos/ok.mp4"]
+    # The video names that were refused are logged with why; hidden and non-video files are not
+    # videos and are skipped without a word.
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for name, why in [
+        ("'loop.mp4'", "symlink loop"),
+        ("'ping.mp4'", "symlink loop"),
+        ("'pong.mp4'", "symlink loop"),
+        ("'escape.mp4'", "outside the media root"),
+        ("'videos/alias.mp4'", "hidden path component '.hidden'"),
+        ("'videos/text.mp4'", "only videos are served"),
+    ]:
+        assert any(
+            line.startswith(f"media: not listed: {name}: ") and why in line for line in logged.splitlines()
+        )
+    assert ".env" not in logged and "secret" not in logged
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "why"),
+    [
+        (".env", 404, "hidden path component '.env'"),
+        ("%2eenv", 404, "hidden path component '.env'"),
+        (".hidden/clip.mp4", 404, "hidden path component '.hidden'"),
+        ("videos/.secret.mp4", 404, "hidden path component '.secret.mp4'"),
+        ("notes.txt", 404, "only videos are served"),
+        ("loop.mp4", 404, "symlink loop"),
+        ("ping.mp4", 404, "symlink loop"),
+        ("videos/self/ok.mp4", 200, ""),  # a folder link inside the root is followed
+        ("escape.mp4", 403, "outside the media root"),
+        ("videos/alias.mp4", 404, "links to a file that is not served"),
+        ("videos/text.mp4", 404, "links to a file that is not served"),
+        ("a" * 300 + ".mp4", 404, "longer than 255 bytes"),
+        ("videos/ok.mp4", 200, ""),
+    ],
+)
+def test_media_serves_only_listed_videos(
+    hostile: TestClient, hostile_root: Path, path: str, status: int, why: str
+) -> None:
+    response = hostile.get(f"/media/{path}")
+    if status == 200:
+        assert (
+            response.status_code == 200
+            and response.content == (hostile_root / "videos" / "ok.mp4").read_bytes()
+        )
+        return
+    error = _error(response, status)
+    assert why in error
+    assert len(error) < 400  # a 100 KiB path is named, not echoed
+
+
+def _asgi_get(app, path: str) -> tuple[int, dict]:
+    """GET `path` straight through the ASGI app: status and JSON body.
+
+    For paths over httpx's 64 KiB URL limit, which a server without one (uvicorn with httptools)
+    hands to the app as they are.
+    """
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "server": ("testserver", 80),
+        "client": ("testclient", 50000),
+    }
+    anyio.run(app, scope, receive, send)
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body)
+
+
+def test_a_100_kib_media_path_is_a_414(hostile: TestClient) -> None:
+    status, body = _asgi_get(hostile.app, "/media/" + "a" * 100 * 1024)
+    assert status == 414
+    assert "longer than 4096 bytes" in body["error"] and "(102400 bytes)" in body["error"]
+    assert len(body["error"]) < 400  # named, not echoed
+
+
+@pytest.mark.parametrize(
+    ("video_id", "status"),
+    [
+        (".hidden/clip.mp4", 404),
+        ("notes.txt", 404),
+        ("loop.mp4", 404),
+        ("escape.mp4", 403),
+        (".env", 404),
+        ("videos/" + "\u00e9" * 2100 + ".mp4", 414),  # 2111 characters, 4211 bytes of UTF-8
+    ],
+)
+def test_ground_refuses_what_media_refuses(hostile: TestClient, video_id: str, status: int) -> None:
+    _error(hostile.post("/ground", json={"video_id": video_id, "queries": ["x"]}), status)
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node (Debian package nodejs) to run the page's script")
+def test_the_pages_requests_pass_strict_validation(client: TestClient, world: World) -> None:
+    """The page's own script builds the requests (stub DOM, top-k 3, coarse-to-fine off)."""
+    harness = Path(__file__).with_name("page_requests.js")
+    run = subprocess.run(
+        [NODE, str(harness), str(STATIC_DIR / "app.js")], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    as_json, as_form = json.loads(run.stdout)
+    assert json.loads(as_json["json"])["top_k"] == 3  # a number, not "3"
+    response = client.post("/ground", content=as_json["json"], headers=as_json["headers"])
+    assert response.status_code == 200, response.text
+    assert [r["query"] for r in response.json()["results"]] == [query_text("red"), "a purple triangle spins"]
+    assert all(1 <= len(r["windows"]) <= 3 for r in response.json()["results"])
+
+    fields: dict[str, list[str]] = {}
+    for name, value in as_form["form"]:
+        fields.setdefault(name, []).append(value)
+    with world.video("basil").open("rb") as f:
+        response = client.post("/ground", files={"file": ("clip.mp4", f, "video/mp4")}, data=fields)
+    assert response.status_code == 200, response.text
+    assert all(1 <= len(r["windows"]) <= 3 for r in response.json()["results"])
 
 
 def test_page_and_static_files(client: TestClient) -> None:
