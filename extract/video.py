@@ -183,8 +183,14 @@ def probe_video(path: str | Path) -> VideoInfo:
         pts_list: list[int] = []
         durations: list[int] = []
         n_packets = 0
+        # The display matrix reaches us on decoded frames only: decode until the first frame
+        # comes out, in this same pass. One thread, as frame threads would hold it back.
+        stream.codec_context.thread_count = 1
+        first_frames: list[av.VideoFrame] = []
         try:
             for packet in container.demux(stream):
+                if not first_frames:  # the end-of-stream packet below also flushes the decoder
+                    first_frames = _decode_packet(path, stream, packet)
                 if packet.size == 0:  # PyAV's end-of-stream flush packet
                     continue
                 n_packets += 1
@@ -216,7 +222,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
     if width <= 0 or height <= 0:
         raise VideoDecodeError(path, f"video stream {index} has no frame size ({width}x{height})")
-    orientation = _probe_orientation(path, index)
+    if not first_frames:
+        raise VideoDecodeError(path, f"the decoder returned no frame of video stream {index}")
+    orientation = _frame_orientation(path, first_frames[0])
     if orientation.swaps_sides:
         width, height = height, width
 
@@ -362,17 +370,12 @@ def _frame_orientation(path: Path, frame: av.VideoFrame) -> Orientation:
         raise VideoDecodeError(path, str(err)) from err
 
 
-def _probe_orientation(path: Path, stream_index: int) -> Orientation:
-    """Decode the first frame to read its display matrix (the demuxer hands it to the decoder)."""
-    with _open(path) as container:
-        stream = container.streams[stream_index]
-        stream.codec_context.thread_count = 1  # frame threads would hold the first frame back
-        try:
-            for frame in container.decode(stream):
-                return _frame_orientation(path, frame)
-        except av.FFmpegError as err:
-            raise VideoDecodeError(path, f"cannot decode the first frame ({err})") from err
-    raise VideoDecodeError(path, "the decoder returned no frame")
+def _decode_packet(path: Path, stream: av.VideoStream, packet: av.Packet) -> list[av.VideoFrame]:
+    """The frames the decoder returns for one packet (none while it still buffers)."""
+    try:
+        return list(stream.codec_context.decode(packet))
+    except av.FFmpegError as err:
+        raise VideoDecodeError(path, f"cannot decode the first frame ({err})") from err
 
 
 # ----------------------------------------------------------------------------------------------
