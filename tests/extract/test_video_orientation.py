@@ -24,6 +24,7 @@ from test_video import HAS_DECORD
 from cache_schema.spec import Orientation
 from cache_schema.store import CacheReader
 from cache_schema.validate import validate
+from extract import video as video_mod
 from extract.__main__ import main
 from extract.video import (
     VideoDecodeError,
@@ -240,3 +241,21 @@ def test_the_cache_notes_the_orientation_and_features_match_upright(tmp_path):
         np.testing.assert_array_equal(
             reader.video_features("phone", ENCODER), reader.video_features("upright", ENCODER)
         )
+
+
+def test_a_matrix_that_changes_mid_stream_is_refused(videos, monkeypatch):
+    """The output size is fixed from the first frame; a later frame asking for a turn must fail.
+
+    (H.264 can carry the orientation per frame in SEI messages; no such file is built here, so
+    the decoder's answer for frames 4 on is replaced.)
+    """
+    original = video_mod._frame_orientation
+    info = probe_video(videos["none"])
+
+    def turning(path, frame):
+        return Orientation(90, False) if frame.pts >= info.pts[4] else original(path, frame)
+
+    monkeypatch.setattr(video_mod, "_frame_orientation", turning)
+    with pytest.raises(VideoDecodeError, match=r"none\.mp4: frame 4 asks to be turned 90 deg clockwise, "
+                       r"the first frame to be shown as decoded"):
+        sample_video(videos["none"], fps=4.0, backend="pyav")
