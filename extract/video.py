@@ -31,9 +31,10 @@ and mapped to the same quarter turn and mirrors as ``ffmpeg -i in.mp4 out.png`` 
 ``transpose``/``hflip``/``vflip``), applied before any resize. ``VideoInfo.width``/``height``
 are the shown size, and ``VideoInfo.orientation`` records the transform. A matrix that turns by
 an angle that is not a quarter turn is refused (ffmpeg would rotate with black corners).
-decord is not used on such videos: version 0.6.0 returns garbled 6-channel arrays for quarter
-turns and turns mirrored videos by 180 degrees, so ``auto`` decodes them with PyAV (and says
-why in ``fallback_reason``) and an explicit ``decord`` request raises ``VideoDecodeError``.
+decord is not used on such videos: version 0.6.0 returns garbled (W, H, 6) arrays for quarter
+turns, turns a left-right mirror by 180 degrees and ignores a top-bottom one, so ``auto``
+decodes them with PyAV (and says why in ``fallback_reason``) and an explicit ``decord``
+request raises ``VideoDecodeError``.
 """
 
 from __future__ import annotations
@@ -480,8 +481,8 @@ def _decode_decord(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]
     if decord is None:
         raise VideoDecodeError(path, "decord is not installed")
     if not info.orientation.is_identity:
-        # Measured on decord 0.6.0: quarter turns come back as garbled (W, H, 6) arrays and a
-        # left-right mirror as a 180 degree turn, so there is nothing correct to undo.
+        # Measured on decord 0.6.0 (module docstring): quarter turns come back garbled and
+        # mirrors wrong, so there is no correct picture to undo its handling from.
         raise VideoDecodeError(
             path, f"its display matrix asks for frames {describe_orientation(info.orientation)}, "
             "which decord gets wrong; decode it with backend 'pyav' (or 'auto')"
