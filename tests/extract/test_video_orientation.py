@@ -26,6 +26,7 @@ from cache_schema.store import CacheReader
 from cache_schema.validate import validate
 from extract import video as video_mod
 from extract.__main__ import main
+from extract.pipeline import failures_path
 from extract.video import (
     VideoDecodeError,
     autorotate_filters,
@@ -216,10 +217,9 @@ def test_same_frames_as_the_ffmpeg_command(videos, name):
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_the_cache_notes_the_orientation_and_features_match_upright(tmp_path):
-    """A phone video (stored sideways + a 90 degree matrix) gives the upright video's features."""
+def write_phone_dataset(root: Path) -> Path:
+    """``upright.mp4`` and ``phone.mp4`` (the same pictures stored sideways + a 90 degree matrix)."""
     shown = coded_pictures(12, height=64, width=32)  # portrait, as the phone's user saw it
-    root = tmp_path / "data"
     write_video(root / "videos" / "upright.mp4", shown, Fraction(4), lossless=True)
     sideways = np.stack([np.rot90(frame, 1) for frame in shown])  # what the sensor stored
     write_oriented(root / "videos" / "phone.mp4", CASES["rot90"][0], sideways)
@@ -229,6 +229,12 @@ def test_the_cache_notes_the_orientation_and_features_match_upright(tmp_path):
         for vid in ("upright", "phone")
     ]
     (root / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
+
+
+def test_the_cache_notes_the_orientation_and_features_match_upright(tmp_path):
+    """A phone video gives the upright video's features, and its record says it was turned."""
+    root = write_phone_dataset(tmp_path / "data")
     out = tmp_path / "cache.h5"
     config = write_config(tmp_path / "config.yaml", root, out, num_workers=0)
     assert main(["--config", str(config)]) == 0
@@ -242,6 +248,22 @@ def test_the_cache_notes_the_orientation_and_features_match_upright(tmp_path):
             reader.video_features("phone", ENCODER), reader.video_features("upright", ENCODER)
         )
 
+
+@pytest.mark.skipif(not HAS_DECORD, reason="decord is not installed")
+def test_an_explicit_decord_run_fails_the_phone_video_in_one_line(tmp_path, capsys):
+    root = write_phone_dataset(tmp_path / "data")
+    out = tmp_path / "cache.h5"
+    config = write_config(tmp_path / "config.yaml", root, out, num_workers=0, decode_backend="decord")
+    assert main(["--config", str(config)]) != 0
+
+    failures = [json.loads(line) for line in failures_path(out).read_text().splitlines()]
+    assert [f["vid"] for f in failures] == ["phone"]
+    reason = failures[0]["reason"]
+    assert reason.startswith(str(root / "videos" / "phone.mp4")) and "\n" not in reason
+    assert "display matrix" in reason and "'pyav'" in reason
+    assert "Traceback" not in capsys.readouterr().err
+    with CacheReader(out) as reader:
+        assert reader.video_ids == ["upright"]
 
 def test_a_matrix_that_changes_mid_stream_is_refused(videos, monkeypatch):
     """The output size is fixed from the first frame; a later frame asking for a turn must fail.
