@@ -3,6 +3,7 @@
 from cache_schema.spec import (
     SCHEMA_VERSION,
     EncoderSpec,
+    Orientation,
     QueryItem,
     SchemaError,
     SchemaVersionError,
@@ -16,6 +17,7 @@ __all__ = [
     "CacheReader",
     "CacheWriter",
     "EncoderSpec",
+    "Orientation",
     "QueryItem",
     "SchemaError",
     "SchemaVersionError",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 """Semantic version of the on-disk layout. Readers accept any cache with the same major."""
 
 Modality = Literal["video", "text"]
@@ -92,6 +92,53 @@ class EncoderSpec:
         return np.dtype("float32" if self.dtype == "bfloat16" else self.dtype)
 
 
+QUARTER_TURNS_DEG: tuple[int, ...] = (0, 90, 180, 270)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a video's decoded pictures were turned to come out as players show them.
+
+    A container's display matrix (a phone's portrait video says "turn 90 degrees clockwise")
+    maps to one of the eight quarter-turn/mirror transforms. It is stored in one canonical form:
+    mirror left-right first when ``hflip``, then turn clockwise by ``rotation_deg``. A top-bottom
+    mirror is therefore ``hflip=True, rotation_deg=180``.
+    """
+
+    rotation_deg: int = 0
+    """Clockwise turn in degrees: 0, 90, 180 or 270."""
+    hflip: bool = False
+    """Whether the picture is mirrored left-right before the turn."""
+
+    def __post_init__(self) -> None:
+        if self.rotation_deg not in QUARTER_TURNS_DEG or isinstance(self.rotation_deg, bool):
+            raise SchemaError(
+                f"orientation rotation_deg must be one of {QUARTER_TURNS_DEG}, got {self.rotation_deg!r}"
+            )
+        if not isinstance(self.hflip, bool):
+            raise SchemaError(f"orientation hflip must be true or false, got {self.hflip!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the pictures are shown as decoded."""
+        return self.rotation_deg == 0 and not self.hflip
+
+    @property
+    def swaps_sides(self) -> bool:
+        """True when the shown picture is the decoded one's height wide (a quarter turn)."""
+        return self.rotation_deg in (90, 270)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Orientation:
+        """Parse a cache record's ``orientation``; SchemaError names what is wrong with it."""
+        if not isinstance(data, dict) or set(data) != {"rotation_deg", "hflip"}:
+            raise SchemaError(f"orientation must be {{rotation_deg, hflip}}, got {data!r}")
+        return cls(**data)
+
+
 @dataclass
 class VideoItem:
     """One video: features per video encoder and the time window of each feature."""
@@ -108,6 +155,9 @@ class VideoItem:
     """Native frame count (-1 when unknown)."""
     source: str = ""
     """Path (or URL) of the source video."""
+    orientation: Orientation | None = None
+    """How the decoded pictures were turned/mirrored before encoding (None when unknown, e.g.
+    imported features or caches written before schema 1.1.0)."""
 
 
 @dataclass

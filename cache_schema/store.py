@@ -37,6 +37,7 @@ from cache_schema.backends import Store
 from cache_schema.spec import (
     SCHEMA_VERSION,
     EncoderSpec,
+    Orientation,
     QueryItem,
     SchemaError,
     SchemaVersionError,
@@ -238,6 +239,7 @@ class CacheWriter:
             "fps": _json_float(item.fps),
             "n_frames": int(item.n_frames),
             "source": str(item.source),
+            "orientation": None if item.orientation is None else item.orientation.to_dict(),
         }
         self._append("videos/meta", "videos/meta_offsets", n, _encode_json(meta))
         self._n_videos += 1
@@ -256,6 +258,10 @@ class CacheWriter:
         if not (np.isfinite(item.duration_sec) and item.duration_sec > 0):
             problems.append(f"video {vid}: duration_sec must be positive, got {item.duration_sec}")
             return problems
+        if item.orientation is not None and not isinstance(item.orientation, Orientation):
+            problems.append(
+                f"video {vid}: orientation must be an Orientation or None, not {item.orientation!r}"
+            )
         for name, spec in self.encoders["video"].items():
             if name not in item.features or name not in item.timestamps_sec:
                 problems.append(f"video {vid}: no features/timestamps for encoder {name!r}")
@@ -380,6 +386,19 @@ class VideoMeta:
     """None when unknown (e.g. imported features)."""
     n_frames: int
     source: str
+    orientation: Orientation | None = None
+    """None when unknown (imported features, or a cache written before schema 1.1.0)."""
+
+    @classmethod
+    def from_record(cls, record: dict) -> VideoMeta:
+        """A video's JSON record as written by ``CacheWriter.add_video`` (any 1.x schema)."""
+        fields = dict(record)
+        orientation = fields.pop("orientation", None)
+        try:
+            parsed = None if orientation is None else Orientation.from_dict(orientation)
+        except SchemaError as err:
+            raise SchemaError(f"video {record.get('vid')}: {err}") from None
+        return cls(**fields, orientation=parsed)
 
 
 @dataclass
@@ -496,7 +515,7 @@ class CacheReader:
         return self.text_encoders[name]
 
     def video_meta(self, vid: str) -> VideoMeta:
-        return VideoMeta(**self._video_meta[self._video_row(vid)])
+        return VideoMeta.from_record(self._video_meta[self._video_row(vid)])
 
     def video_features(self, vid: str, encoder: str) -> np.ndarray:
         """(T, D) features of one video."""
@@ -518,6 +537,7 @@ class CacheReader:
             fps=meta.fps,
             n_frames=meta.n_frames,
             source=meta.source,
+            orientation=meta.orientation,
             features={n: self.video_features(vid, n) for n in self.video_encoders},
             timestamps_sec={n: self.video_timestamps(vid, n) for n in self.video_encoders},
         )

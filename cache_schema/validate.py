@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_schema.backends import Store
-from cache_schema.spec import EncoderSpec, SchemaError, check_timestamps, check_windows
+from cache_schema.spec import EncoderSpec, Orientation, SchemaError, check_timestamps, check_windows
 from cache_schema.store import CacheReader, _decode_json, check_version
 
 _BLOCK_ROWS = 1 << 16
@@ -79,6 +79,11 @@ def _validate_store(path: Path, store: Store) -> list[str]:
         durations[v["vid"]] = v["duration_sec"]
         if not (np.isfinite(v["duration_sec"]) and v["duration_sec"] > 0):
             problems.append(f"video {v['vid']}: duration_sec {v['duration_sec']} is not positive")
+        if v.get("orientation") is not None:  # absent or null: unknown (schema < 1.1.0, imports)
+            try:
+                Orientation.from_dict(v["orientation"])
+            except SchemaError as err:
+                problems.append(f"video {v['vid']}: {err}")
 
     for name, spec in specs["video"].items():
         offs = ranges(f"videos/offsets/{name}", n_videos, f"video/{name}/features")

@@ -58,7 +58,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cache_schema.spec import EncoderSpec, QueryItem, SchemaError, VideoItem, check_windows
+from cache_schema.spec import EncoderSpec, Orientation, QueryItem, SchemaError, VideoItem, check_windows
 from cache_schema.store import CacheReader, CacheWriter
 from cache_schema.validate import validate
 from extract.api import (
@@ -367,6 +367,8 @@ class DecodedVideo:
     duration_sec: float = float("nan")
     native_fps: float = float("nan")
     n_frames: int = -1
+    orientation: Orientation | None = None
+    """How the decoder turned the pictures to show them (the display matrix); None on error."""
     backend: str = ""
     error: str | None = None
 
@@ -429,6 +431,7 @@ class DecodeDataset:
             duration_sec=sampled.info.duration_sec,
             native_fps=sampled.info.fps,
             n_frames=sampled.info.n_frames,
+            orientation=sampled.info.orientation,
             backend=sampled.backend,
         )
 
@@ -831,6 +834,7 @@ def extract_videos(
                     fps=decoded.native_fps,
                     n_frames=decoded.n_frames,
                     source=decoded.path,
+                    orientation=decoded.orientation,
                 )
                 try:
                     writer.add_video(item)

@@ -23,19 +23,35 @@ PyAV (sequential decode that converts only the frames needed) is the fallback wh
 missing or fails on a file, and can be chosen explicitly. Which one ran is recorded in
 ``SampledVideo.backend``. Both give bit-identical RGB frames on the same file (tested on
 lossless fixtures); on YUV video their colour conversions can differ by a rounding step.
+
+Orientation. A phone's video stores its pictures as the sensor read them and a display matrix
+that tells players how to turn them (e.g. 90 degrees clockwise for a portrait recording).
+Frames come out as players show them: the matrix is read from the decoded frame's side data
+and mapped to the same quarter turn and mirrors as ``ffmpeg -i in.mp4 out.png`` (its autorotate:
+``transpose``/``hflip``/``vflip``), applied before any resize. ``VideoInfo.width``/``height``
+are the shown size, and ``VideoInfo.orientation`` records the transform. A matrix that turns by
+an angle that is not a quarter turn is refused (ffmpeg would rotate with black corners).
+decord is not used on such videos: version 0.6.0 returns garbled (W, H, 6) arrays for quarter
+turns, turns a left-right mirror by 180 degrees and ignores a top-bottom one, so ``auto``
+decodes them with PyAV (and says why in ``fallback_reason``) and an explicit ``decord``
+request raises ``VideoDecodeError``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
+
+from cache_schema.spec import Orientation
 
 Backend = Literal["auto", "decord", "pyav"]
 DecodedBy = Literal["decord", "pyav"]
@@ -70,7 +86,9 @@ class VideoInfo:
     duration_sec: float
     """End of the last frame: its timestamp plus its display duration (see module docstring)."""
     width: int
+    """Width of the frames as shown, in pixels (after ``orientation``'s quarter turn, if any)."""
     height: int
+    """Height of the frames as shown, in pixels."""
     frame_timestamps_sec: np.ndarray
     """(N,) float64 presentation time of each frame in display order, first frame at 0.0."""
     pts: np.ndarray
@@ -80,6 +98,8 @@ class VideoInfo:
     """Container time of the first frame (subtracted from ``frame_timestamps_sec``)."""
     codec: str
     stream_index: int
+    orientation: Orientation = Orientation()
+    """How the decoded pictures are turned/mirrored to come out as shown (display matrix)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,9 +158,10 @@ def _video_stream(path: Path, container: av.container.InputContainer) -> av.Vide
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Read a video's frame count, size, rate and every frame's timestamp by demuxing it.
+    """Read a video's frame count, shown size, rate, orientation and every frame's timestamp.
 
-    Only packets are read (no decoding), so this costs one pass over the file's bytes.
+    Timestamps come from packets (no decoding): one pass over the file's bytes. Only the first
+    frame is decoded, for the display matrix that its side data carries.
 
     Args:
         path: Video file.
@@ -150,7 +171,9 @@ def probe_video(path: str | Path) -> VideoInfo:
 
     Raises:
         VideoDecodeError: The file is missing, empty, not a readable container, has no video
-            stream, has packets without timestamps, or ends before the frames its index lists.
+            stream, has packets without timestamps, ends before the frames its index lists,
+            its first frame cannot be decoded, or its display matrix is not a quarter turn or
+            mirror.
     """
     path = Path(path)
     _check_file(path)
@@ -161,8 +184,14 @@ def probe_video(path: str | Path) -> VideoInfo:
         pts_list: list[int] = []
         durations: list[int] = []
         n_packets = 0
+        # The display matrix reaches us on decoded frames only: decode until the first frame
+        # comes out, in this same pass. One thread, as frame threads would hold it back.
+        stream.codec_context.thread_count = 1
+        first_frames: list[av.VideoFrame] = []
         try:
             for packet in container.demux(stream):
+                if not first_frames:  # the end-of-stream packet below also flushes the decoder
+                    first_frames = _decode_packet(path, stream, packet)
                 if packet.size == 0:  # PyAV's end-of-stream flush packet
                     continue
                 n_packets += 1
@@ -194,6 +223,11 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
     if width <= 0 or height <= 0:
         raise VideoDecodeError(path, f"video stream {index} has no frame size ({width}x{height})")
+    if not first_frames:
+        raise VideoDecodeError(path, f"the decoder returned no frame of video stream {index}")
+    orientation = _frame_orientation(path, first_frames[0])
+    if orientation.swaps_sides:
+        width, height = height, width
 
     order = np.argsort(np.asarray(pts_list, dtype=np.int64), kind="stable")
     pts = np.asarray(pts_list, dtype=np.int64)[order]
@@ -231,7 +265,118 @@ def probe_video(path: str | Path) -> VideoInfo:
         start_sec=float(pts[0] * time_base),
         codec=codec,
         stream_index=index,
+        orientation=orientation,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Orientation: the display matrix, mapped to pixels exactly as ffmpeg's autorotate does
+
+_FILTERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # ffmpeg's filters on an (H, W, ...) picture; transpose's *_flip variants add a top-bottom flip.
+    "transpose=clock": lambda a: np.rot90(a, -1),
+    "transpose=cclock": lambda a: np.rot90(a, 1),
+    "transpose=cclock_flip": lambda a: a.swapaxes(0, 1),  # mirror on the main diagonal
+    "transpose=clock_flip": lambda a: np.rot90(a, 2).swapaxes(0, 1),  # on the anti-diagonal
+    "hflip": lambda a: a[:, ::-1],
+    "vflip": lambda a: a[::-1],
+}
+
+
+def autorotate_filters(matrix: Sequence[int]) -> tuple[str, ...]:
+    """The filters ``ffmpeg`` (fftools' autorotate) inserts for a display matrix, in order.
+
+    A line-for-line port of ``get_rotation`` and the filter choice in ffmpeg's
+    ``ffmpeg_filter.c``, so a file comes out as ffmpeg (and players) show it.
+
+    Args:
+        matrix: The 9 int32 numbers of ``AV_FRAME_DATA_DISPLAYMATRIX`` (16.16 fixed point).
+
+    Returns:
+        Filter names from ``_FILTERS``, or ``("rotate=<deg>",)`` for an angle that is not a
+        quarter turn; empty when the matrix shows the picture as decoded.
+    """
+    m = [int(x) for x in matrix]
+    a, b, c, d = (x / 65536 for x in (m[0], m[1], m[3], m[4]))
+    scale_x, scale_y = math.hypot(a, c), math.hypot(b, d)
+    if scale_x == 0.0 or scale_y == 0.0:
+        return ()  # singular: av_display_rotation_get gives NaN, and ffmpeg inserts no filter
+    theta = -round(-math.degrees(math.atan2(b / scale_y, a / scale_x)))  # clockwise degrees
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1.0:
+        return ("transpose=cclock_flip",) if m[3] > 0 else ("transpose=clock",)
+    if abs(theta - 180) < 1.0:
+        return (("hflip",) if m[0] < 0 else ()) + (("vflip",) if m[4] < 0 else ())
+    if abs(theta - 270) < 1.0:
+        return ("transpose=clock_flip",) if m[3] < 0 else ("transpose=cclock",)
+    if abs(theta) > 1.0:
+        return (f"rotate={theta:g}",)
+    return ("vflip",) if m[4] < 0 else ()
+
+
+def apply_orientation(picture: np.ndarray, orientation: Orientation) -> np.ndarray:
+    """Turn one (H, W, ...) picture as ``orientation`` says: mirror left-right, then turn clockwise.
+
+    Returns:
+        A view, (W, H, ...) for a quarter turn, else (H, W, ...).
+    """
+    if orientation.hflip:
+        picture = picture[:, ::-1]
+    return np.rot90(picture, -(orientation.rotation_deg // 90))
+
+
+@lru_cache(maxsize=64)
+def orientation_of_matrix(matrix: tuple[int, ...]) -> Orientation:
+    """The ``Orientation`` that moves pixels as ffmpeg's autorotate filters for ``matrix`` do.
+
+    Raises:
+        ValueError: The matrix turns by an angle that is not a quarter turn.
+    """
+    filters = autorotate_filters(matrix)
+    probe = np.arange(6).reshape(2, 3)  # distinct values, non-square: pins down all 8 transforms
+    shown = probe
+    for name in filters:
+        if name not in _FILTERS:
+            raise ValueError(f"its display matrix turns the picture by {name.split('=')[1]} degrees, "
+                             "not a quarter turn (only quarter turns and mirrors are supported)")
+        shown = _FILTERS[name](shown)
+    for rotation_deg in (0, 90, 180, 270):
+        for hflip in (False, True):
+            candidate = Orientation(rotation_deg=rotation_deg, hflip=hflip)
+            moved = apply_orientation(probe, candidate)
+            if moved.shape == shown.shape and np.array_equal(moved, shown):
+                return candidate
+    raise AssertionError(f"filters {filters} are not one of the 8 quarter-turn/mirror transforms")
+
+
+def describe_orientation(orientation: Orientation) -> str:
+    """``mirrored left-right, then turned 90 deg clockwise`` and the like, for messages."""
+    turn = f"turned {orientation.rotation_deg} deg clockwise" if orientation.rotation_deg else ""
+    mirror = "mirrored left-right" if orientation.hflip else ""
+    return ", then ".join(part for part in (mirror, turn) if part) or "shown as decoded"
+
+
+def _frame_orientation(path: Path, frame: av.VideoFrame) -> Orientation:
+    """The orientation a decoded frame's display matrix asks for (as decoded when it has none)."""
+    # PyAV 16's side-data mapping cannot be iterated by key (its keys are the entries); scan it.
+    side = next((sd for sd in frame.side_data if sd.type == SideDataType.DISPLAYMATRIX), None)
+    if side is None:
+        return Orientation()
+    matrix = np.frombuffer(bytes(side), dtype=np.int32)  # native-endian, as FFmpeg stores it
+    if matrix.shape != (9,):
+        raise VideoDecodeError(path, f"display matrix has {matrix.size} numbers, not 9")
+    try:
+        return orientation_of_matrix(tuple(matrix.tolist()))
+    except ValueError as err:
+        raise VideoDecodeError(path, str(err)) from err
+
+
+def _decode_packet(path: Path, stream: av.VideoStream, packet: av.Packet) -> list[av.VideoFrame]:
+    """The frames the decoder returns for one packet (none while it still buffers)."""
+    try:
+        return list(stream.codec_context.decode(packet))
+    except av.FFmpegError as err:
+        raise VideoDecodeError(path, f"cannot decode the first frame ({err})") from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +480,13 @@ def _decode_decord(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int]
     path = info.path
     if decord is None:
         raise VideoDecodeError(path, "decord is not installed")
+    if not info.orientation.is_identity:
+        # Measured on decord 0.6.0 (module docstring): quarter turns come back garbled and
+        # mirrors wrong, so there is no correct picture to undo its handling from.
+        raise VideoDecodeError(
+            path, f"its display matrix asks for frames {describe_orientation(info.orientation)}, "
+            "which decord gets wrong; decode it with backend 'pyav' (or 'auto')"
+        )
     # decord raises DECORDError, or a bare RuntimeError for files it cannot open.
     decord_errors = (decord.DECORDError, RuntimeError)
     try:
@@ -397,7 +549,16 @@ def _decode_pyav(info: VideoInfo, indices: np.ndarray, out_hw: tuple[int, int], 
                         f"{info.pts[k]} (frames dropped or reordered by the decoder)"
                     )
                 if k == indices[wanted]:
-                    out[wanted] = _resize(frame.to_ndarray(format="rgb24"), out_hw)
+                    # The output size was fixed from the first frame's matrix; one that changes
+                    # mid-stream (possible with H.264 orientation SEI) would not fit it.
+                    orientation = _frame_orientation(path, frame)
+                    if orientation != info.orientation:
+                        raise VideoDecodeError(
+                            path, f"frame {k} asks to be {describe_orientation(orientation)}, "
+                            f"the first frame to be {describe_orientation(info.orientation)}"
+                        )
+                    rgb = apply_orientation(frame.to_ndarray(format="rgb24"), info.orientation)  # (H, W, 3)
+                    out[wanted] = _resize(rgb, out_hw)
                     wanted += 1
                     if wanted == len(indices):
                         break
