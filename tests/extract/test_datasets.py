@@ -930,3 +930,19 @@ def test_extract_under_keep_stores_windows_checked_against_the_real_duration(tmp
         ("duration_mismatch", "keep", "shorter"),
         ("end_past_duration", "clip", "shorter"),
     ]
+
+
+@pytest.mark.parametrize("name", ["activitynet_captions", "charades_sta", "qvhighlights", "tacos"])
+def test_the_per_split_example_in_each_extract_config_parses(name, tmp_path, monkeypatch):
+    """Uncommenting a config's ``# annotations:`` block gives a valid one-file-per-split config."""
+    monkeypatch.chdir(REPO_ROOT)
+    text = (REPO_ROOT / "extract" / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    block = re.search(r"^# annotations:\n((?:#   .*\n)+)", text, re.M)
+    assert block, f"{name}.yaml shows no per-split annotations example"
+    uncommented = "annotations:\n" + "".join(line[2:] + "\n" for line in block.group(1).splitlines())
+    example = tmp_path / f"{name}.yaml"
+    example.write_text(re.sub(r"^annotations: null.*\n", uncommented, text, flags=re.M), encoding="utf-8")
+    config = parse_config(["--config", str(example)])
+    adapter = get_dataset(name)
+    assert sorted(config.annotations) == sorted(adapter.splits + adapter.extra_files)
+    assert all(path.startswith("my/") for path in config.annotations.values())
