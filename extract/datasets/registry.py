@@ -184,6 +184,10 @@ class DatasetAdapter(abc.ABC):
             splits = tuple(r for r in order if r in paths and r not in self.extra_files)
         else:
             splits = self.select_splits(split)
+        if not splits:
+            raise ValueError(
+                f"dataset {self.name!r}: annotations give no split file (given: {sorted(paths)})"
+            )
         missing = [r for r in splits + self.extra_files if r not in paths]
         if missing:
             raise ValueError(

@@ -622,6 +622,9 @@ def test_per_split_files_errors_name_the_key(tmp_path):
         load_dataset("charades_sta", {**paths, "train": str(tmp_path / "absent.txt")})
     with pytest.raises(ValueError, match="maps no split"):
         load_dataset("tacos", {})
+    durations_only = {k: v for k, v in paths.items() if k.startswith("durations_")}
+    with pytest.raises(ValueError, match="give no split file"):
+        load_dataset("charades_sta", durations_only)
     # custom: a file given for a split holds that split.
     wrong = write_lines(
         tmp_path / "val.jsonl", ['{"qid": "a", "video": "a.mp4", "query": "x", "split": "train"}']
