@@ -90,14 +90,15 @@ class ExtractConfig:
         adapter: Annotation adapter (``extract.datasets`` registry name, e.g. ``custom``, ``qvhighlights``).
         annotations: Annotation folder in the adapter's release layout (``custom``: a jsonl file or
             folder), or one file per split (and per extra role, e.g. Charades-STA's
-            ``durations_train``): ``{train: a.jsonl, val: b.jsonl}``; None uses the adapter's
-            default folder.
+            ``durations_train``): ``{train: a.jsonl, val: b.jsonl}``, on the command line
+            ``--annotations train=a.jsonl val=b.jsonl``; None uses the adapter's default folder.
         video_root: Folder of the videos; annotation paths are relative to it.
         splits: Splits to extract; None extracts every split.
         variant: Adapter variant; None uses the adapter's default.
         policy: Action per annotation problem (see ``extract.datasets.validation``): the adapters'
-            defaults, except ``missing_video=keep`` (a missing file becomes a failure entry).
-            Windows are checked against the decoded duration, the one the cache stores.
+            defaults, except ``missing_video=keep`` (a missing file becomes a failure entry). On
+            the command line ``--policy duration_mismatch=keep end_past_duration=drop``. Windows
+            are checked against the decoded duration, the one the cache stores.
         duration_mismatch_tolerance_sec: Largest accepted difference between an annotated and a
             decoded duration before ``policy.duration_mismatch`` applies.
         synthetic: When set and ``annotations`` does not exist, generate the synthetic dataset into
