@@ -5,6 +5,11 @@ reads the YAML file, then applies every ``--field value`` given after it (nested
 ``--policy.end_past_duration drop``). Parsing and type checks are jsonargparse's, driven by the
 dataclass signatures below, so a wrong type or an unknown key fails with the key named.
 
+Two options also take the ``KEY=VALUE`` form that ``python -m extract.datasets report`` and
+``python -m extract import`` take (see docs/datasets.md): ``--policy duration_mismatch=keep
+end_past_duration=drop`` overrides those kinds, and ``--annotations train=a.jsonl val=b.jsonl``
+gives one annotation file per split (replacing the config file's ``annotations``).
+
 Relative paths are taken relative to the current directory (the repository root for the shipped
 configs and the Makefile).
 """
@@ -12,14 +17,17 @@ configs and the Makefile).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from cache_schema.backends import backend_for
+from extract.datasets import annotations_from_strings, get_dataset, list_datasets
 from extract.datasets.validation import ValidationPolicy
 from extract.encoders.registry import Precision
 from extract.video import Backend
@@ -65,11 +73,9 @@ class SyntheticData:
 
 
 def _default_policy() -> ValidationPolicy:
-    # Extraction is where a video's real duration becomes known. A missing file is kept so that it
-    # becomes a failure entry (nothing vanishes from a run without a line in failures.jsonl), and a
-    # decoded duration that disagrees with the annotation fails the video instead of storing
-    # windows measured on some other copy of it.
-    return ValidationPolicy(missing_video="keep", duration_mismatch="error")
+    # The adapters' defaults, except that a missing video file is kept so that it becomes a failure
+    # entry: nothing vanishes from a run without a line in failures.jsonl.
+    return ValidationPolicy(missing_video="keep")
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,17 @@ class ExtractConfig:
         video_encoders: One or more video encoders; their features share the timestamps.
         text_encoders: One or more text encoders.
         adapter: Annotation adapter (``extract.datasets`` registry name, e.g. ``custom``, ``qvhighlights``).
-        annotations: Annotation file or folder for the adapter; None uses the adapter's default folder.
+        annotations: Annotation folder in the adapter's release layout (``custom``: a jsonl file or
+            folder), or one file per split (and per extra role, e.g. Charades-STA's
+            ``durations_train``): ``{train: a.jsonl, val: b.jsonl}``, on the command line
+            ``--annotations train=a.jsonl val=b.jsonl``; None uses the adapter's default folder.
         video_root: Folder of the videos; annotation paths are relative to it.
         splits: Splits to extract; None extracts every split.
         variant: Adapter variant; None uses the adapter's default.
-        policy: Action per annotation problem (see ``extract.datasets.validation``), also applied
-            to windows that end past the decoded duration.
+        policy: Action per annotation problem (see ``extract.datasets.validation``): the adapters'
+            defaults, except ``missing_video=keep`` (a missing file becomes a failure entry). On
+            the command line ``--policy duration_mismatch=keep end_past_duration=drop``. Windows
+            are checked against the decoded duration, the one the cache stores.
         duration_mismatch_tolerance_sec: Largest accepted difference between an annotated and a
             decoded duration before ``policy.duration_mismatch`` applies.
         synthetic: When set and ``annotations`` does not exist, generate the synthetic dataset into
@@ -116,7 +127,7 @@ class ExtractConfig:
     video_encoders: list[EncoderChoice]
     text_encoders: list[EncoderChoice]
     adapter: str = "custom"
-    annotations: str | None = None
+    annotations: str | dict[str, str] | None = None
     video_root: str | None = None
     splits: list[str] | None = None
     variant: str | None = None
@@ -140,6 +151,7 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if not self.dataset:
             raise ConfigError("dataset is empty")
+        self._check_annotations()
         try:
             backend_for(self.output)
         except ValueError as err:
@@ -173,6 +185,30 @@ class ExtractConfig:
         if not self.dist_timeout_min > 0:
             raise ConfigError(f"dist_timeout_min must be positive, got {self.dist_timeout_min}")
 
+    def _check_annotations(self) -> None:
+        """Adapter, variant, splits and annotation roles, checked before anything is read."""
+        if self.adapter not in list_datasets():
+            raise ConfigError(
+                f"adapter: unknown dataset {self.adapter!r}; available: {', '.join(list_datasets())}"
+            )
+        try:
+            adapter = get_dataset(self.adapter, self.variant)
+        except ValueError as err:
+            raise ConfigError(f"variant: {err}") from err
+        try:
+            adapter.select_splits(self.splits)
+        except ValueError as err:
+            raise ConfigError(f"splits: {err}") from err
+        if isinstance(self.annotations, Mapping):
+            try:
+                adapter.explicit_files(self.annotations, self.splits)
+            except ValueError as err:
+                raise ConfigError(f"annotations: {err}") from err
+        elif self.annotations is None and adapter.needs_annotations:
+            raise ConfigError(f"annotations: adapter {self.adapter!r} has no default; give a file")
+        if self.synthetic is not None and not isinstance(self.annotations, str):
+            raise ConfigError("annotations: synthetic needs one file, <video_root>/annotations.jsonl")
+
     @property
     def output_path(self) -> Path:
         return Path(self.output)
@@ -195,10 +231,64 @@ def build_parser(prog: str = "python -m extract") -> ArgumentParser:
     return parser
 
 
+KEY_VALUE_OPTIONS = ("--policy", "--annotations")
+"""Options that also take ``KEY=VALUE`` items, the form of the other extract commands."""
+
+
+def expand_key_values(argv: Sequence[str]) -> list[str]:
+    """Translate ``--policy KIND=ACTION ...`` and ``--annotations SPLIT=PATH ...`` for jsonargparse.
+
+    ``--policy duration_mismatch=keep`` becomes ``--policy.duration_mismatch keep`` (each kind
+    overrides the config file's), ``--annotations train=a val=b`` becomes ``--annotations
+    {"train": "a", "val": "b"}`` (replaces the config file's). A folder, a YAML/JSON value and the
+    dotted forms pass through unchanged.
+
+    Raises:
+        ConfigError: An unknown problem kind or action, or a malformed ``SPLIT=PATH`` list.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        option, inline, value = argv[i].partition("=")
+        if option not in KEY_VALUE_OPTIONS:
+            out.append(argv[i])
+            i += 1
+            continue
+        if inline:
+            values, i = [value], i + 1
+        else:
+            end = i + 1
+            while end < len(argv) and not argv[end].startswith("--"):
+                end += 1
+            values, i = list(argv[i + 1 : end]), end
+        if not values or not all("=" in v for v in values) or values[0].lstrip().startswith("{"):
+            out += [option, *values]  # jsonargparse's own forms (and its error when empty)
+        elif option == "--policy":
+            try:
+                ValidationPolicy.from_strings(values)
+            except ValueError as err:
+                raise ConfigError(f"--policy: {err}") from err
+            for item in values:
+                kind, _, action = item.partition("=")
+                out += [f"--policy.{kind.strip()}", action.strip()]
+        else:
+            try:
+                annotations = annotations_from_strings(values)
+            except ValueError as err:
+                raise ConfigError(f"--{err}") from err
+            out += [option, annotations if isinstance(annotations, str) else json.dumps(annotations)]
+    return out
+
+
 def parse_config(argv: Sequence[str] | None = None, prog: str = "python -m extract") -> ExtractConfig:
-    """Parse ``--config FILE [--field value ...]`` into an :class:`ExtractConfig`."""
+    """Parse ``--config FILE [--field value ...]`` into an :class:`ExtractConfig`.
+
+    Raises:
+        ConfigError: An invalid value (the message names the field); jsonargparse exits with its
+            usage message on a type error or an unknown key.
+    """
     parser = build_parser(prog)
-    namespace = parser.parse_args(list(argv) if argv is not None else None)
+    namespace = parser.parse_args(expand_key_values(list(argv) if argv is not None else sys.argv[1:]))
     values = parser.instantiate(namespace)
     fields = {f.name for f in dataclasses.fields(ExtractConfig)}
     return ExtractConfig(**{name: values[name] for name in fields})

@@ -45,7 +45,13 @@ import numpy as np
 
 from cache_schema import CacheWriter, EncoderSpec, QueryItem, SchemaError, VideoItem
 from cache_schema.spec import FeatureDtype
-from extract.datasets import Annotation, ValidationPolicy, list_datasets, load_dataset
+from extract.datasets import (
+    Annotation,
+    ValidationPolicy,
+    annotations_from_strings,
+    list_datasets,
+    load_dataset,
+)
 
 ImportFormat = Literal["moment_detr", "hdf5_c3d"]
 FORMATS: tuple[str, ...] = get_args(ImportFormat)
@@ -934,9 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--annotations",
         required=True,
-        metavar="DATASET[:DIR]",
+        nargs="+",
+        metavar="DATASET[:DIR] [SPLIT=FILE ...]",
         help=f"dataset adapter ({', '.join(list_datasets())}) and optionally its annotation "
-        "folder (default: the shared data folder)",
+        "folder (default: the shared data folder), or one file per split: qvhighlights "
+        "train=a.jsonl val=b.jsonl (see docs/datasets.md)",
     )
     parser.add_argument("--split", nargs="+", default=None, help="splits to import (default: all)")
     parser.add_argument(
@@ -1073,15 +1081,24 @@ def _video_source(args: argparse.Namespace) -> VideoSource:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m extract import ...``; returns 0, 1 when items failed, 2 when the import cannot start."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    dataset, _, annotation_dir = args.annotations.partition(":")
+    dataset, _, annotation_dir = args.annotations[0].partition(":")
     video: VideoSource | None = None
     try:
         # Every setup error is a ValueError subclass (unknown dataset, split or policy,
         # AnnotationError, EncoderError, ImportSetupError) or a missing path.
+        annotations: str | dict[str, str] | None = annotation_dir or None
+        if len(args.annotations) > 1:
+            if annotation_dir:
+                raise ImportSetupError(
+                    f"--annotations: {dataset}:{annotation_dir} and SPLIT=FILE items; use one"
+                )
+            annotations = annotations_from_strings(args.annotations[1:])
+            if isinstance(annotations, str):
+                raise ImportSetupError(
+                    f"--annotations: give the folder as {dataset}:{annotations}, or files as SPLIT=FILE"
+                )
         policy = ValidationPolicy.from_strings(args.policy)
-        result = load_dataset(
-            dataset, annotation_dir or None, split=args.split, policy=policy, variant=args.variant
-        )
+        result = load_dataset(dataset, annotations, split=args.split, policy=policy, variant=args.variant)
         rows = list(result.rows)
         print(result.report.summary(max_examples=1))
         video = _video_source(args)

@@ -252,6 +252,8 @@ def plan_videos(config: ExtractConfig) -> AnnotationPlan:
         AnnotationError: The annotation files cannot be parsed (or a policy ``error`` fired).
         FileNotFoundError: The annotations or the video root do not exist.
     """
+    # Windows stay as annotated here: reconcile_queries checks them against the decoded duration,
+    # the one the cache stores, so none is clipped to an annotated duration that was wrong.
     result = load_dataset(
         config.adapter,
         config.annotations,
@@ -259,6 +261,7 @@ def plan_videos(config: ExtractConfig) -> AnnotationPlan:
         policy=config.policy,
         video_root=config.video_root,
         variant=config.variant,
+        window_duration_checks=False,
     )
     rows: dict[str, list[Annotation]] = {}
     for row in result.rows:
@@ -294,8 +297,10 @@ def reconcile_queries(
 
     The annotated duration is compared with the decoded one (``duration_mismatch``), then every
     window is checked against the decoded duration by the same validator the adapters use
-    (``start_past_duration`` / ``end_past_duration`` / ``no_windows_left``), so a window that ends
-    past the real end of the video is clipped or dropped exactly as at load time.
+    (``start_past_duration`` / ``end_past_duration`` / ``no_windows_left``). :func:`plan_videos`
+    loads the windows unchecked against the annotated duration, so this is the only place they are
+    clipped or dropped for the video's length, and always against the length the cache stores
+    (also under ``duration_mismatch=keep``, where the annotated one is known to be wrong).
 
     Returns:
         The rows that go into the cache (their ``duration_sec`` is the decoded one) and the problems.
@@ -315,7 +320,9 @@ def reconcile_queries(
             raise VideoFailure("annotation", f"duration_mismatch: {mismatch.detail}", problems)
         if mismatch.action == "drop":
             return [], problems
-    validator = Validator(dataset, policy)
+    # Duplicates were settled at load time; only the window kinds are reported from here, so this
+    # pass must not drop a row for any other reason.
+    validator = Validator(dataset, dataclasses.replace(policy, duplicate="keep"))
     for row in rows:
         validator.add(
             RawRecord(

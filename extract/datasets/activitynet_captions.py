@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from extract.datasets.annotation import AnnotationError, RawRecord
-from extract.datasets.parsing import (
-    display_path,
-    duration,
-    field,
-    read_json_object,
-    require_file,
-    windows_field,
-)
-from extract.datasets.registry import DatasetAdapter, register_dataset
+from extract.datasets.parsing import duration, field, read_json_object, windows_field
+from extract.datasets.registry import AnnotationFiles, DatasetAdapter, register_dataset
 from extract.datasets.validation import Validator
 
 SPLIT_FILES = {
@@ -44,11 +37,14 @@ ActivityNet Captions (Krishna et al., ICCV 2017) on ActivityNet v1.3 (Heilbron e
                Lighthouse ActivityNet features (clip, clip_text, slowfast, resnet),
                https://drive.google.com/file/d/1P2xS998XfbN5nSDeJLBF1m9AaVhipBva/view"""
 
-    def read(self, root: Path, splits: tuple[str, ...], validator: Validator) -> None:
-        for split in splits:
-            path = require_file(root / SPLIT_FILES[self.variant][split], self.name)
+    def release_files(self, root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
+        return {split: root / SPLIT_FILES[self.variant][split] for split in splits}
+
+    def read(self, files: AnnotationFiles, validator: Validator) -> None:
+        for split in files.splits:
+            path = files.path(split)
             validator.add_file(path)
-            shown = display_path(path, root)
+            shown = files.shown(split)
             for vid, video in read_json_object(path, shown).items():
                 for raw in parse_video(vid, video, split, f"{shown}#{vid}"):
                     validator.add(raw)

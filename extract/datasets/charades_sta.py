@@ -7,12 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 from extract.datasets.annotation import AnnotationError, RawRecord
-from extract.datasets.parsing import display_path, parse_float, require_file
-from extract.datasets.registry import DatasetAdapter, register_dataset
+from extract.datasets.parsing import open_text, parse_float
+from extract.datasets.registry import AnnotationFiles, DatasetAdapter, register_dataset
 from extract.datasets.validation import Validator
 
-DURATION_FILES = ("Charades_v1_train.csv", "Charades_v1_test.csv")
-"""Official Charades metadata; column ``length`` is the video duration in seconds."""
+DURATION_FILES = {"durations_train": "Charades_v1_train.csv", "durations_test": "Charades_v1_test.csv"}
+"""Role -> official Charades metadata file; column ``length`` is the video duration in seconds."""
 
 
 @register_dataset("charades_sta")
@@ -20,13 +20,15 @@ class CharadesSTA(DatasetAdapter):
     """Charades-STA train / test.
 
     The text files carry no duration, so it comes from the ``length`` column of both official
-    Charades CSVs. Query ids are ``<vid>_<k>``, k counting that video's queries in file order.
+    Charades CSVs (file roles ``durations_train`` and ``durations_test``). Query ids are
+    ``<vid>_<k>``, k counting that video's queries in file order.
     Variants: ``2d-tan`` (default, the original train file with its 4 reversed windows) or
     ``vslnet`` (the train file with those 4 lines corrected; the test file is the same).
     """
 
     splits = ("train", "test")
     variants = ("2d-tan", "vslnet")
+    extra_files = tuple(DURATION_FILES)
     SOURCE_INFO = """\
 Charades-STA (Gao et al., ICCV 2017) on Charades (Sigurdsson et al., ECCV 2016).
   annotations: https://github.com/jiyanggao/TALL (charades_sta_{train,test}.txt), copied by
@@ -38,19 +40,23 @@ Charades-STA (Gao et al., ICCV 2017) on Charades (Sigurdsson et al., ECCV 2016).
                https://drive.google.com/file/d/1EOeP2A4IMYdotbTlTqDbv5VdvEAgQJl8/view
                I3D features: see https://github.com/IsaacChanghau/VSLNet (README, "Prerequisites")"""
 
-    def split_file(self, root: Path, split: str) -> Path:
-        if split == "train" and self.variant == "vslnet":
-            return root / "vslnet_variant" / "charades_sta_train.txt"
-        return root / f"charades_sta_{split}.txt"
-
-    def read(self, root: Path, splits: tuple[str, ...], validator: Validator) -> None:
-        durations = read_durations(root, validator)
+    def release_files(self, root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
+        files = {}
         for split in splits:
-            path = require_file(self.split_file(root, split), self.name)
+            if split == "train" and self.variant == "vslnet":
+                files[split] = root / "vslnet_variant" / "charades_sta_train.txt"
+            else:
+                files[split] = root / f"charades_sta_{split}.txt"
+        return files | {role: root / name for role, name in DURATION_FILES.items()}
+
+    def read(self, files: AnnotationFiles, validator: Validator) -> None:
+        durations = read_durations(files, validator)
+        for split in files.splits:
+            path = files.path(split)
             validator.add_file(path)
-            shown = display_path(path, root)
+            shown = files.shown(split)
             per_video: Counter[str] = Counter()
-            with path.open(encoding="utf-8") as f:
+            with open_text(path, shown) as f:
                 for line_no, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
@@ -83,21 +89,24 @@ def parse_line(line: str, source: str) -> tuple[str, float, float, str]:
     return vid, parse_float(start, "start", source), parse_float(end, "end", source), sentence
 
 
-def read_durations(root: Path, validator: Validator) -> dict[str, float]:
+def read_durations(files: AnnotationFiles, validator: Validator) -> dict[str, float]:
     """Video id -> ``length`` (seconds) from both Charades CSVs."""
     durations: dict[str, float] = {}
     where: dict[str, str] = {}
-    for name in DURATION_FILES:
-        path = require_file(root / name, "charades_sta")
+    for role in DURATION_FILES:
+        path = files.path(role)
         validator.add_file(path)
-        with path.open(encoding="utf-8", newline="") as f:
+        shown = files.shown(role)
+        with open_text(path, shown, newline="") as f:
             reader = csv.DictReader(f)
             for column in ("id", "length"):
                 if column not in (reader.fieldnames or []):
-                    raise AnnotationError(f"{name}:1: missing column {column!r} (header {reader.fieldnames})")
+                    raise AnnotationError(
+                        f"{shown}:1: missing column {column!r} (header {reader.fieldnames})"
+                    )
             for row in reader:
                 # The CSV has quoted multi-line fields, so the reader's line number is the reliable one.
-                source = f"{name}:{reader.line_num}"
+                source = f"{shown}:{reader.line_num}"
                 vid = row["id"]
                 length = parse_float(row["length"], f"length of video {vid}", source)
                 if length <= 0:

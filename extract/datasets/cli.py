@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from extract.datasets.annotation import AnnotationError
-from extract.datasets.registry import get_dataset, list_datasets
+from extract.datasets.registry import annotations_from_strings, get_dataset, list_datasets
 from extract.datasets.validation import (
     ALLOWED_ACTIONS,
     AnnotationValidationError,
@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset")
     report = sub.add_parser("report", help="parse and validate annotations, print the report")
     report.add_argument("dataset")
-    report.add_argument("--annotations", help="annotation folder (custom: jsonl file); default: shared data")
+    report.add_argument(
+        "--annotations",
+        nargs="+",
+        metavar="DIR | SPLIT=FILE",
+        help="annotation folder in the release layout (custom: jsonl file), or one file per split "
+        "(and per extra file role, e.g. charades_sta durations_train=CSV): train=a.jsonl val=b.jsonl; "
+        "default: shared data",
+    )
     report.add_argument("--video-root", help="folder of the videos; missing videos are reported")
     report.add_argument("--split", nargs="+", help="split(s) to read (default: all)")
     report.add_argument("--variant", help="adapter variant (e.g. vslnet); default: the adapter's first")
@@ -53,10 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         adapter = get_dataset(args.dataset, variant=args.variant)
         policy = ValidationPolicy.from_strings(args.policy)
+        annotations = annotations_from_strings(args.annotations) if args.annotations else None
         try:
-            result = adapter.load(
-                args.annotations, split=args.split, policy=policy, video_root=args.video_root
-            )
+            result = adapter.load(annotations, split=args.split, policy=policy, video_root=args.video_root)
         except AnnotationValidationError as err:
             print(err.report.summary(args.examples))
             if args.jsonl:

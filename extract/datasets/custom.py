@@ -6,9 +6,10 @@ One query per line::
      "windows": [[12.0, 19.5]], "split": "train"}
 
 ``qid``, ``video`` and ``query`` are required; ``vid`` defaults to the video file's stem,
-``windows`` (seconds) to none (unlabelled), ``split`` to ``test`` and ``duration`` (seconds) to
-unknown, in which case the decoded duration is used. Any other field is an error, so that a typo
-such as ``window`` cannot silently leave a query unlabelled.
+``windows`` (seconds) to none (unlabelled), ``split`` to ``test`` (or to the split a file is given
+for: ``{"train": "a.jsonl"}``) and ``duration`` (seconds) to unknown, in which case the decoded
+duration is used. Any other field is an error, so that a typo such as ``window`` cannot silently
+leave a query unlabelled.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from typing import Any
 
 from extract.datasets.annotation import Annotation, AnnotationError, RawRecord
 from extract.datasets.parsing import (
-    display_path,
     duration,
     id_field,
     read_jsonl,
     text_field,
     windows_field,
 )
-from extract.datasets.registry import DatasetAdapter, register_dataset
-from extract.datasets.validation import AdapterResult, ValidationPolicy, Validator
+from extract.datasets.registry import AnnotationFiles, DatasetAdapter, register_dataset
+from extract.datasets.validation import Validator
 
 REQUIRED_FIELDS = ("qid", "video", "query")
 OPTIONAL_FIELDS = ("vid", "windows", "split", "duration")
@@ -38,42 +38,34 @@ DEFAULT_SPLIT = "test"
 
 @register_dataset("custom")
 class CustomJsonl(DatasetAdapter):
-    """A user's jsonl file (or a folder of ``*.jsonl`` files, read in name order).
+    """A user's jsonl file, a folder of ``*.jsonl`` files (read in name order), or one file per split.
 
     ``video`` is relative to the video root (or absolute); with a video root the file must exist.
-    Split names are free text, taken from the file.
+    Split names are free text, taken from the file; a file given for a split (``{"train":
+    "a.jsonl"}``) holds that split: its lines may omit ``split``, and one naming another split is
+    an error.
     """
 
+    needs_annotations = True
     SOURCE_INFO = """\
 custom: your own videos and queries in JSON Lines (see docs/datasets.md, "Custom format").
-  Nothing is downloaded: point --annotations at your jsonl and --video-root at your videos."""
+  Nothing is downloaded: point --annotations at your jsonl (or give train=FILE val=FILE ...) and
+  --video-root at your videos."""
 
-    def load(
-        self,
-        annotations: str | Path | None = None,
-        *,
-        split: str | Sequence[str] | None = None,
-        policy: ValidationPolicy | None = None,
-        video_root: str | Path | None = None,
-    ) -> AdapterResult:
-        """See :meth:`DatasetAdapter.load`; ``annotations`` (a jsonl file or folder) is required."""
-        if annotations is None:
-            raise ValueError(
-                "dataset 'custom' has no default annotations: pass the jsonl file (--annotations FILE)"
-            )
-        return super().load(annotations, split=split, policy=policy, video_root=video_root)
-
-    def read(self, root: Path, splits: tuple[str, ...], validator: Validator) -> None:
+    def release_files(self, root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
         files = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
         if not files:
             raise FileNotFoundError(f"dataset 'custom': no *.jsonl file in {root}")
+        return {path.name: path for path in files}
+
+    def read(self, files: AnnotationFiles, validator: Validator) -> None:
         not_selected: Counter[str] = Counter()
-        for path in files:
+        for role in files.paths:
+            path = files.path(role)
             validator.add_file(path)
-            shown = display_path(path, root.parent if root.is_file() else root)
-            for source, record in read_jsonl(path, shown):
-                raw = parse_record(record, source)
-                if splits and raw.split not in splits:
+            for source, record in read_jsonl(path, files.shown(role)):
+                raw = parse_record(record, source, file_split=role if files.explicit else None)
+                if files.splits and raw.split not in files.splits:
                     not_selected[raw.split] += 1
                     continue
                 validator.add(raw)
@@ -85,8 +77,17 @@ custom: your own videos and queries in JSON Lines (see docs/datasets.md, "Custom
         return [video] if video else []
 
 
-def parse_record(record: dict[str, Any], source: str) -> RawRecord:
-    """One custom jsonl line -> RawRecord."""
+def parse_record(record: dict[str, Any], source: str, file_split: str | None = None) -> RawRecord:
+    """One custom jsonl line -> RawRecord.
+
+    Args:
+        record: The parsed line.
+        source: ``file:line`` for messages.
+        file_split: The split the file was given for; the line's ``split``, if any, must equal it.
+
+    Raises:
+        AnnotationError: A field is missing, unknown or malformed (the message names ``source``).
+    """
     unknown = sorted(set(record) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise AnnotationError(
@@ -98,9 +99,11 @@ def parse_record(record: dict[str, Any], source: str) -> RawRecord:
     if not video.strip():
         raise AnnotationError(f"{source_q}: field 'video' is empty")
     vid = id_field(record, "vid", source_q) if "vid" in record else PurePath(video).stem
-    split = text_field(record, "split", source_q) if "split" in record else DEFAULT_SPLIT
+    split = text_field(record, "split", source_q) if "split" in record else file_split or DEFAULT_SPLIT
     if not split.strip():
         raise AnnotationError(f"{source_q}: field 'split' is empty")
+    if file_split is not None and split != file_split:
+        raise AnnotationError(f"{source_q}: split {split!r}, but the file is given as split {file_split!r}")
     duration_sec = duration(record["duration"], "duration", source_q) if "duration" in record else None
     windows = windows_field(record["windows"], "windows", source_q) if "windows" in record else []
     return RawRecord(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from extract.datasets.annotation import AnnotationError
 
@@ -21,15 +22,49 @@ def display_path(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def require_file(path: Path, dataset: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{dataset}: annotation file {path} not found")
-    return path
+@contextmanager
+def open_text(path: Path, shown: str, newline: str | None = None) -> Iterator[TextIO]:
+    """Open an annotation file as UTF-8 text (``newline`` as for :func:`open`).
+
+    Raises:
+        AnnotationError: While the file is read, on its first byte that is not UTF-8; the message
+            names the file (as ``shown``), the line and the byte's column.
+    """
+    try:
+        with path.open(encoding="utf-8", newline=newline) as f:
+            yield f
+    except UnicodeDecodeError as err:
+        raise AnnotationError(not_utf8_message(path, shown, err)) from err
+
+
+def not_utf8_message(path: Path, shown: str, err: UnicodeDecodeError) -> str:
+    """``shown:line: not UTF-8 ...`` for the file's first undecodable byte.
+
+    The text reader decodes ahead in chunks, so the error's own offset is not the file's: the
+    file is read again as bytes to find the line (``\n``, ``\r\n`` or ``\r`` ends a line, as
+    in text mode).
+    """
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as found:
+        before = data[: found.start]
+        line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+        column = found.start - max(before.rfind(b"\n"), before.rfind(b"\r"))
+        return (
+            f"{shown}:{line}: not UTF-8 text (byte 0x{data[found.start]:02x} at column {column}); "
+            "annotation files must be UTF-8"
+        )
+    return f"{shown}: not UTF-8 text ({err.reason})"
 
 
 def read_jsonl(path: Path, shown: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(source, record)`` for each non-blank line; ``source`` is ``shown:line``."""
-    with path.open(encoding="utf-8") as f:
+    """Yield ``(source, record)`` for each non-blank line; ``source`` is ``shown:line``.
+
+    Raises:
+        AnnotationError: A line is not UTF-8, not JSON or not a JSON object (file and line named).
+    """
+    with open_text(path, shown) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -44,8 +79,12 @@ def read_jsonl(path: Path, shown: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def read_json_object(path: Path, shown: str) -> dict[str, Any]:
-    """Load a JSON file whose top level must be an object."""
-    with path.open(encoding="utf-8") as f:
+    """Load a JSON file whose top level must be an object.
+
+    Raises:
+        AnnotationError: The file is not UTF-8, not JSON or not an object (file and line named).
+    """
+    with open_text(path, shown) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as err:

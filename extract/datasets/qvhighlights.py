@@ -9,16 +9,8 @@ from typing import Any
 import numpy as np
 
 from extract.datasets.annotation import AnnotationError, RawRecord
-from extract.datasets.parsing import (
-    display_path,
-    duration,
-    id_field,
-    read_jsonl,
-    require_file,
-    text_field,
-    windows_field,
-)
-from extract.datasets.registry import DatasetAdapter, register_dataset
+from extract.datasets.parsing import duration, id_field, read_jsonl, text_field, windows_field
+from extract.datasets.registry import AnnotationFiles, DatasetAdapter, register_dataset
 from extract.datasets.validation import Validator
 
 CLIP_SEC = 2.0
@@ -52,18 +44,20 @@ QVHighlights (Lei et al., NeurIPS 2021); annotations under CC BY-NC-SA 4.0.
                Lighthouse QVHighlights features (clip, clip_text, slowfast, resnet, pann),
                https://drive.google.com/file/d/1-ALnsXkA4csKh71sRndMwybxEDqa-dM4/view"""
 
-    def split_file(self, root: Path, split: str) -> Path:
-        if split == "test":
-            return root / f"highlight_{self.variant}.jsonl"
-        return root / f"highlight_{split}_release.jsonl"
+    def release_files(self, root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
+        names = {split: f"highlight_{split}_release.jsonl" for split in splits}
+        if "test" in names:
+            names["test"] = f"highlight_{self.variant}.jsonl"
+        return {split: root / name for split, name in names.items()}
 
-    def read(self, root: Path, splits: tuple[str, ...], validator: Validator) -> None:
-        for split in splits:
-            path = require_file(self.split_file(root, split), self.name)
+    def read(self, files: AnnotationFiles, validator: Validator) -> None:
+        for split in files.splits:
+            path = files.path(split)
             validator.add_file(path)
-            # Only the original test file is unlabelled; every other file must carry labels.
+            # Only the original test file is unlabelled; every other file must carry labels (also
+            # when given by path: the variant says which test file it is).
             labels_required = not (split == "test" and self.variant == "test_release")
-            for source, record in read_jsonl(path, display_path(path, root)):
+            for source, record in read_jsonl(path, files.shown(split)):
                 validator.add(parse_record(record, split, source, labels_required))
 
 

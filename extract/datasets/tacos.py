@@ -5,16 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from extract.datasets.annotation import AnnotationError, RawRecord
-from extract.datasets.parsing import (
-    display_path,
-    duration,
-    field,
-    number,
-    read_json_object,
-    require_file,
-    windows_field,
-)
-from extract.datasets.registry import VIDEO_EXTENSIONS, DatasetAdapter, register_dataset
+from extract.datasets.parsing import duration, field, number, read_json_object, windows_field
+from extract.datasets.registry import VIDEO_EXTENSIONS, AnnotationFiles, DatasetAdapter, register_dataset
 from extract.datasets.validation import Validator
 
 
@@ -37,11 +29,14 @@ TACoS (Regneri et al., TACL 2013) on MPII Cooking Composite Activities (Rohrbach
                https://drive.google.com/file/d/1rYzme9JNAk3niH1K81wgT13pOMn005jb/view
                C3D features: see https://github.com/microsoft/2D-TAN (README, "Prepare data")"""
 
-    def read(self, root: Path, splits: tuple[str, ...], validator: Validator) -> None:
-        for split in splits:
-            path = require_file(root / f"{split}.json", self.name)
+    def release_files(self, root: Path, splits: tuple[str, ...]) -> dict[str, Path]:
+        return {split: root / f"{split}.json" for split in splits}
+
+    def read(self, files: AnnotationFiles, validator: Validator) -> None:
+        for split in files.splits:
+            path = files.path(split)
             validator.add_file(path)
-            shown = display_path(path, root)
+            shown = files.shown(split)
             for key, video in read_json_object(path, shown).items():
                 for raw in parse_video(key, video, split, f"{shown}#{key}"):
                     validator.add(raw)

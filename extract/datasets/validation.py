@@ -59,7 +59,9 @@ ALLOWED_ACTIONS: dict[str, tuple[str, ...]] = {
     "duplicate": ("keep", "drop", "error"),
     "unknown_duration": ("keep", "drop", "error"),
     "missing_video": ("drop", "keep", "error"),
-    "duration_mismatch": ("keep", "drop", "error"),
+    # A decoded duration that disagrees with the annotation means another copy of the video: its
+    # windows may be shifted, so the video fails unless the user accepts it.
+    "duration_mismatch": ("error", "keep", "drop"),
 }
 assert tuple(ALLOWED_ACTIONS) == PROBLEM_KINDS
 
@@ -92,7 +94,7 @@ class ValidationPolicy:
     duplicate: Action = "keep"
     unknown_duration: Action = "keep"
     missing_video: Action = "drop"
-    duration_mismatch: Action = "keep"
+    duration_mismatch: Action = "error"
     duration_tolerance_sec: float = 1e-6
     """Slack before a window counts as past the duration. Only float round-off: the ActivityNet
     files store durations such as 70.28999999999999 next to an end of 70.29."""
@@ -282,14 +284,23 @@ class Validator:
         dataset: Dataset name for the report.
         policy: Actions per problem kind.
         resolve_video: Called per row when a video root was given; None skips the check.
+        window_duration_checks: Check windows against the row's duration (``start_past_duration``,
+            ``end_past_duration``). False when the caller checks them against the decoded
+            duration instead, as the extract pipeline does.
     """
 
     def __init__(
-        self, dataset: str, policy: ValidationPolicy, resolve_video: VideoResolver | None = None
+        self,
+        dataset: str,
+        policy: ValidationPolicy,
+        resolve_video: VideoResolver | None = None,
+        *,
+        window_duration_checks: bool = True,
     ) -> None:
         self.report = ValidationReport(dataset=dataset, policy=policy)
         self.policy = policy
         self._resolve_video = resolve_video
+        self._window_duration_checks = window_duration_checks
         self._rows: list[Annotation] = []
         self._qid_source: dict[str, str] = {}
         self._video_seen: dict[str, tuple[float | None, str | None, str]] = {}
@@ -450,7 +461,7 @@ class Validator:
             if action == "clip":
                 cur = (0.0, cur[1])
             dead = dead or action in ("drop", "error")
-        duration_sec = raw.duration_sec
+        duration_sec = raw.duration_sec if self._window_duration_checks else None
         if duration_sec is not None:
             tol = self.policy.duration_tolerance_sec
             if lo >= duration_sec - tol:
