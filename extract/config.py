@@ -68,7 +68,7 @@ class SyntheticData:
         seed: Random seed (the same seed gives the same files).
     """
 
-    n_videos: int = 60
+    n_videos: int = 100
     seed: int = 0
 
 
