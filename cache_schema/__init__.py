@@ -1,7 +1,9 @@
 """groundcache's cache contract: the versioned on-disk layout shared by `extract` and `ground`."""
 
+from cache_schema.errors import GroundcacheError
 from cache_schema.spec import (
     SCHEMA_VERSION,
+    CacheReadError,
     EncoderSpec,
     QueryItem,
     SchemaError,
@@ -13,9 +15,11 @@ from cache_schema.validate import inspect, validate
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CacheReadError",
     "CacheReader",
     "CacheWriter",
     "EncoderSpec",
+    "GroundcacheError",
     "QueryItem",
     "SchemaError",
     "SchemaVersionError",

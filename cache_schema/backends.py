@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cache_schema.spec import CacheReadError
+
 Backend = Literal["hdf5", "zarr"]
 Mode = Literal["r", "a"]
 
@@ -47,19 +49,25 @@ class Store:
         self.mode = mode
         self.compression = compression
         self._arrays: dict[str, Any] = {}
+        try:
+            self._root = self._open(mode)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as err:  # h5py: truncated or not HDF5; zarr: not a group
+            raise CacheReadError(f"{self.path}: cannot be opened as a cache: {err}") from err
+
+    def _open(self, mode: Mode) -> Any:
         if self.backend == "hdf5":
             import h5py
 
             # libver "earliest" on purpose: no "file open for writing" flag is left behind by a
             # killed writer, so a crashed extraction can simply be reopened and resumed.
-            self._root = h5py.File(self.path, "r" if mode == "r" else "a")
-        else:
-            import zarr
+            return h5py.File(self.path, "r" if mode == "r" else "a")
+        import zarr
 
-            if mode == "r":
-                self._root = zarr.open_group(store=str(self.path), mode="r")
-            else:
-                self._root = zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
+        if mode == "r":
+            return zarr.open_group(store=str(self.path), mode="r")
+        return zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
 
     # -- attributes -----------------------------------------------------------------------
     def get_attr(self, key: str, default: Any = None) -> Any:
@@ -150,7 +158,16 @@ class Store:
             self._array(name)[start:end] = data
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self._array(name)[start:stop])
+        """Rows [start, stop) of array `name`.
+
+        Raises:
+            CacheReadError: naming the store and the array when the bytes cannot be read (a store
+                truncated or damaged after it was opened).
+        """
+        try:
+            return np.asarray(self._array(name)[start:stop])
+        except OSError as err:
+            raise CacheReadError(f"{self.path}: cannot read {name}[{start}:{stop}]: {err}") from err
 
     def flush(self) -> None:
         if self.backend == "hdf5":
