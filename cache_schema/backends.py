@@ -15,20 +15,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cache_schema.spec import CacheReadError
+from cache_schema.spec import CacheReadError, SchemaError
 
 Backend = Literal["hdf5", "zarr"]
 Mode = Literal["r", "a"]
 
 
 def backend_for(path: str | os.PathLike) -> Backend:
-    """The backend is chosen by the store's suffix: `.h5`/`.hdf5` -> HDF5, `.zarr` -> Zarr."""
+    """The backend is chosen by the store's suffix: `.h5`/`.hdf5` -> HDF5, `.zarr` -> Zarr.
+
+    Raises:
+        SchemaError: (a ValueError) naming the path for any other suffix.
+    """
     suffix = Path(path).suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return "hdf5"
     if suffix == ".zarr":
         return "zarr"
-    raise ValueError(f"{path}: unknown cache suffix {suffix!r}; use .h5 (HDF5) or .zarr (Zarr)")
+    raise SchemaError(f"{path}: unknown cache suffix {suffix!r}; use .h5 (HDF5) or .zarr (Zarr)")
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
