@@ -23,6 +23,10 @@ class CheckpointError(GroundcacheError, KeyError):
     """A checkpoint lacks what `ground` writes (hyperparameters, encoder record); names the path."""
 
 
+class UnknownEncoderError(GroundcacheError, KeyError):
+    """An encoder chosen by name is not in the cache; the message names the cache and lists its encoders."""
+
+
 class GroundingInputError(GroundcacheError, ValueError):
     """Bad input to a grounding command (queries, options, a split unfit for the task); names the item."""
 
@@ -38,8 +42,10 @@ def describe_specs(specs: Sequence[EncoderSpec]) -> str:
 
 
 def describe_record(record: dict) -> str:
-    """An encoder record (`GroundingDataModule.encoder_record`) as ``video encoders [...] and text
-    encoder [...]`` with every dim."""
+    """``video encoders [...] and text encoder [...]``, every dim named, of an encoder record.
+
+    The record is what `GroundingDataModule.encoder_record` returns and a checkpoint stores.
+    """
     video = [EncoderSpec.from_dict(d) for d in record["video_encoders"]]
     text = EncoderSpec.from_dict(record["text_encoder"])
     return f"video encoders [{describe_specs(video)}] and text encoder [{describe_specs([text])}]"
