@@ -60,27 +60,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_info(info: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Paths, names and weights ids are user text: escaped, or rich reads "[...]" in them as markup.
     console = Console()
     console.print(
-        f"[bold]{info['path']}[/] ({info['backend']}, schema {info['schema_version']}, "
-        f"dataset {info['dataset']!r}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)"
+        f"[bold]{escape(info['path'])}[/] ({info['backend']}, schema {info['schema_version']}, "
+        f"dataset {escape(repr(info['dataset']))}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)"
     )
     console.print(
-        f"videos {info['videos']}, queries {info['queries']}, splits {info['splits']}, "
-        f"features per video {info['features_per_video']}"
+        escape(
+            f"videos {info['videos']}, queries {info['queries']}, splits {info['splits']}, "
+            f"features per video {info['features_per_video']}"
+        )
     )
     table = Table("modality", "encoder", "dim", "dtype", "stride_sec", "weights", "normalized")
     for modality in ("video", "text"):
         for name, spec in info[f"{modality}_encoders"].items():
             table.add_row(
                 modality,
-                name,
+                escape(name),
                 str(spec["dim"]),
                 spec["dtype"],
                 str(spec["stride_sec"] or "-"),
-                spec["weights_id"] or "-",
+                escape(spec["weights_id"] or "-"),
                 str(spec["normalized"]),
             )
     console.print(table)

@@ -773,7 +773,7 @@ def extract_videos(
 
         def fail(vid: str, path: str, stage: Stage, reason: str) -> None:
             summary.failures.append(Failure(vid, path, stage, reason))
-            console.print(f"[red]failed[/red] {vid}: {reason}", markup=True, highlight=False)
+            console.print(f"[red]failed[/red] {escape(vid)}: {escape(reason)}", highlight=False)
             bank.release(vid)
 
         def write_queries(vid: str, rows: Sequence[Annotation]) -> None:

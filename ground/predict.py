@@ -703,17 +703,19 @@ def ground_video_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Queries and paths are user text: escaped, or rich reads "[...]" in them as markup.
     table = Table(
-        "query", "found", "presence", "rank", "start (s)", "end (s)", "score", title=str(args.video)
+        "query", "found", "presence", "rank", "start (s)", "end (s)", "score", title=escape(str(args.video))
     )
     for r in results:
         presence = "-" if r.presence is None else f"{r.presence:.3f}"
         for rank, (start, end, score) in enumerate(r.windows, 1):
             first = rank == 1
             table.add_row(
-                r.query if first else "",
+                escape(r.query) if first else "",
                 ("yes" if r.found else "[red]not found[/red]") if first else "",
                 presence if first else "",
                 f"{rank}" + (" *" if first and r.refined else ""),
