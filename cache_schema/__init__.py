@@ -1,7 +1,9 @@
 """groundcache's cache contract: the versioned on-disk layout shared by `extract` and `ground`."""
 
+from cache_schema.errors import GroundcacheError
 from cache_schema.spec import (
     SCHEMA_VERSION,
+    CacheReadError,
     EncoderSpec,
     Orientation,
     QueryItem,
@@ -14,10 +16,12 @@ from cache_schema.validate import inspect, validate
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CacheReadError",
     "CacheReader",
     "CacheWriter",
     "EncoderSpec",
     "Orientation",
+    "GroundcacheError",
     "QueryItem",
     "SchemaError",
     "SchemaVersionError",

@@ -1,37 +1,44 @@
-"""`python -m cache_schema validate PATH` / `python -m cache_schema inspect PATH`."""
+"""`python -m cache_schema`: check and describe caches.
+
+    python -m cache_schema validate PATH      every invariant; exit 1 listing each violation
+    python -m cache_schema inspect PATH [--json]
+
+Exit codes: 0 valid / described, 1 `validate` found violations, 2 bad input (no such cache, a
+file that is not a readable cache, bad arguments): one ``error:`` line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
-from cache_schema.spec import SchemaError
+from cache_schema.cli import run_commands
 from cache_schema.validate import inspect, validate
 
+PROG = "python -m cache_schema"
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cache_schema", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_validate = sub.add_parser("validate", help="check every invariant; exit 1 listing each violation")
-    p_validate.add_argument("path")
-    p_inspect = sub.add_parser("inspect", help="print counts, encoders, dims, splits and size on disk")
-    p_inspect.add_argument("path")
-    p_inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+def _validate(argv: list[str]) -> int:
+    """check every invariant of a cache; exit 1 listing each violation"""
+    parser = argparse.ArgumentParser(prog=f"{PROG} validate", description=_validate.__doc__)
+    parser.add_argument("path")
     args = parser.parse_args(argv)
+    problems = validate(args.path)
+    for problem in problems:
+        print(problem)
+    print(f"{args.path}: {'INVALID, ' + str(len(problems)) + ' problem(s)' if problems else 'valid'}")
+    return 1 if problems else 0
 
-    if args.command == "validate":
-        problems = validate(args.path)
-        for problem in problems:
-            print(problem)
-        print(f"{args.path}: {'INVALID, ' + str(len(problems)) + ' problem(s)' if problems else 'valid'}")
-        return 1 if problems else 0
 
-    try:
-        info = inspect(args.path)
-    except (SchemaError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def _inspect(argv: list[str]) -> int:
+    """print a cache's counts, encoders, dims, splits and size on disk"""
+    parser = argparse.ArgumentParser(prog=f"{PROG} inspect", description=_inspect.__doc__)
+    parser.add_argument("path")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    info = inspect(args.path)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -39,29 +46,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "validate": _validate,
+    "inspect": _inspect,
+}
+"""Sub-commands by name; `python -m cache_schema --help` lists each with its docstring's first line."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command inside the error boundary (`cache_schema.cli.run_commands`)."""
+    return run_commands(PROG, "Check and describe groundcache caches.", COMMANDS, argv)
+
+
 def _print_info(info: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Paths, names and weights ids are user text: escaped, or rich reads "[...]" in them as markup.
     console = Console()
     console.print(
-        f"[bold]{info['path']}[/] ({info['backend']}, schema {info['schema_version']}, "
-        f"dataset {info['dataset']!r}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)"
+        f"[bold]{escape(info['path'])}[/] ({info['backend']}, schema {info['schema_version']}, "
+        f"dataset {escape(repr(info['dataset']))}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)"
     )
     console.print(
-        f"videos {info['videos']}, queries {info['queries']}, splits {info['splits']}, "
-        f"features per video {info['features_per_video']}"
+        escape(
+            f"videos {info['videos']}, queries {info['queries']}, splits {info['splits']}, "
+            f"features per video {info['features_per_video']}"
+        )
     )
     table = Table("modality", "encoder", "dim", "dtype", "stride_sec", "weights", "normalized")
     for modality in ("video", "text"):
         for name, spec in info[f"{modality}_encoders"].items():
             table.add_row(
                 modality,
-                name,
+                escape(name),
                 str(spec["dim"]),
                 spec["dtype"],
                 str(spec["stride_sec"] or "-"),
-                spec["weights_id"] or "-",
+                escape(spec["weights_id"] or "-"),
                 str(spec["normalized"]),
             )
     console.print(table)

@@ -15,18 +15,24 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cache_schema.spec import CacheReadError, SchemaError
+
 Backend = Literal["hdf5", "zarr"]
 Mode = Literal["r", "a"]
 
 
 def backend_for(path: str | os.PathLike) -> Backend:
-    """The backend is chosen by the store's suffix: `.h5`/`.hdf5` -> HDF5, `.zarr` -> Zarr."""
+    """The backend is chosen by the store's suffix: `.h5`/`.hdf5` -> HDF5, `.zarr` -> Zarr.
+
+    Raises:
+        SchemaError: (a ValueError) naming the path for any other suffix.
+    """
     suffix = Path(path).suffix.lower()
     if suffix in (".h5", ".hdf5"):
         return "hdf5"
     if suffix == ".zarr":
         return "zarr"
-    raise ValueError(f"{path}: unknown cache suffix {suffix!r}; use .h5 (HDF5) or .zarr (Zarr)")
+    raise SchemaError(f"{path}: unknown cache suffix {suffix!r}; use .h5 (HDF5) or .zarr (Zarr)")
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -47,19 +53,25 @@ class Store:
         self.mode = mode
         self.compression = compression
         self._arrays: dict[str, Any] = {}
+        try:
+            self._root = self._open(mode)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as err:  # h5py: truncated or not HDF5; zarr: not a group
+            raise CacheReadError(f"{self.path}: cannot be opened as a cache: {err}") from err
+
+    def _open(self, mode: Mode) -> Any:
         if self.backend == "hdf5":
             import h5py
 
             # libver "earliest" on purpose: no "file open for writing" flag is left behind by a
             # killed writer, so a crashed extraction can simply be reopened and resumed.
-            self._root = h5py.File(self.path, "r" if mode == "r" else "a")
-        else:
-            import zarr
+            return h5py.File(self.path, "r" if mode == "r" else "a")
+        import zarr
 
-            if mode == "r":
-                self._root = zarr.open_group(store=str(self.path), mode="r")
-            else:
-                self._root = zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
+        if mode == "r":
+            return zarr.open_group(store=str(self.path), mode="r")
+        return zarr.open_group(store=str(self.path), mode="a", zarr_format=3)
 
     # -- attributes -----------------------------------------------------------------------
     def get_attr(self, key: str, default: Any = None) -> Any:
@@ -150,7 +162,16 @@ class Store:
             self._array(name)[start:end] = data
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self._array(name)[start:stop])
+        """Rows [start, stop) of array `name`.
+
+        Raises:
+            CacheReadError: naming the store and the array when the bytes cannot be read (a store
+                truncated or damaged after it was opened).
+        """
+        try:
+            return np.asarray(self._array(name)[start:stop])
+        except OSError as err:
+            raise CacheReadError(f"{self.path}: cannot read {name}[{start}:{stop}]: {err}") from err
 
     def flush(self) -> None:
         if self.backend == "hdf5":

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cache_schema.errors import GroundcacheError
+
 SCHEMA_VERSION = "1.1.0"
 """Semantic version of the on-disk layout. Readers accept any cache with the same major."""
 
@@ -23,12 +25,16 @@ Split = str
 """Split names are free text ("train", "val", "test", "val_1", ...), validated as non-empty."""
 
 
-class SchemaError(ValueError):
+class SchemaError(GroundcacheError, ValueError):
     """A record or a cache breaks the cache contract. The message names the offending item."""
 
 
 class SchemaVersionError(SchemaError):
     """A cache was written with a major schema version this reader does not know."""
+
+
+class CacheReadError(SchemaError):
+    """A store cannot be opened or read (truncated, corrupt, not HDF5/Zarr); the message names the path."""
 
 
 @dataclass(frozen=True)

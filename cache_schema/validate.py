@@ -21,8 +21,8 @@ def validate(path: str | os.PathLike) -> list[str]:
         return [f"{path}: no such cache"]
     try:
         store = Store(path, "r")
-    except (OSError, ValueError) as err:
-        return [f"{path}: cannot be opened as a cache: {err}"]
+    except ValueError as err:  # CacheReadError (truncated, not HDF5/Zarr) or a bad suffix; names the path
+        return [str(err)]
     try:
         return _validate_store(path, store)
     finally:

@@ -4,48 +4,49 @@
     python -m extract run --config ...            (the same; the default when the first argument is an option)
     python -m extract synthetic --out DIR [--n-videos N] [--seed S]
     python -m extract merge OUTPUT [--world-size N] [--keep-shards]
+    python -m extract import --format moment_detr --annotations DATASET ...
     torchrun --nproc_per_node=N -m extract --config ...   (each rank extracts a shard; rank 0 merges)
 
 Exit codes: 0 every video extracted, 1 some video failed (see ``<output stem>.failures.jsonl``),
-2 the run could not start (bad config, unreadable annotations, unknown encoder).
+2 the run could not start (bad config, unreadable annotations, unknown dataset or encoder): one
+``error:`` line on stderr naming the item.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
+
+from cache_schema.cli import run_commands
+
+PROG = "python -m extract"
 
 
-def _run(argv: Sequence[str]) -> int:
+def _run(argv: list[str]) -> int:
+    """extract features of a dataset's videos and queries into a cache (the default command)"""
     # Imported here so that `python -m extract synthetic` does not load torch and the encoders.
-    from cache_schema.spec import SchemaError
-    from extract.config import ConfigError, parse_config
-    from extract.datasets import AnnotationError
-    from extract.encoders import EncoderError
+    from extract.config import parse_config
     from extract.pipeline import run
 
-    console = Console(stderr=True)
-    try:
-        config = parse_config(argv, prog="python -m extract [run]")
-        return run(config, console=console).exit_code
-    except (ConfigError, AnnotationError, EncoderError, SchemaError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return 2
+    config = parse_config(argv, prog=f"{PROG} [run]")
+    return run(config, console=Console(stderr=True)).exit_code
 
 
-def _synthetic(argv: Sequence[str]) -> int:
+def _synthetic(argv: list[str]) -> int:
+    """generate the synthetic dataset (videos with known events) and its annotations"""
     from extract.synthetic import main
 
     return main(argv)
 
 
-def _merge(argv: Sequence[str]) -> int:
+def _merge(argv: list[str]) -> int:
+    """merge the shard stores of a torchrun extraction into one cache"""
     parser = argparse.ArgumentParser(
-        prog="python -m extract merge",
+        prog=f"{PROG} merge",
         description="Merge the shard stores of a torchrun extraction into OUTPUT.",
     )
     parser.add_argument("output", help="final cache path (its shards are OUTPUT_STEM.rank<r>-of-<N>.SUFFIX)")
@@ -55,53 +56,45 @@ def _merge(argv: Sequence[str]) -> int:
     parser.add_argument("--keep-shards", action="store_true", help="keep the shards after merging")
     args = parser.parse_args(argv)
 
-    from cache_schema.spec import SchemaError
     from extract.pipeline import failures_path, merge_shards
 
     console = Console(stderr=True)
-    try:
-        added = merge_shards(args.output, args.world_size, remove=not args.keep_shards)
-    except (FileNotFoundError, ValueError, SchemaError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
-        return 2
-    console.print(f"merged {added} videos into {args.output}; it validates")
+    added = merge_shards(args.output, args.world_size, remove=not args.keep_shards)
+    console.print(f"merged {added} videos into {escape(str(args.output))}; it validates")
     failures = failures_path(args.output)
     if failures.exists() and failures.stat().st_size:
-        console.print(f"[red]some videos failed during extraction[/red]; see {failures}")
+        console.print(f"[red]some videos failed during extraction[/red]; see {escape(str(failures))}")
         return 1
     return 0
 
 
-def _import(argv: Sequence[str]) -> int:
+def _import(argv: list[str]) -> int:
+    """import public pre-extracted features (Moment-DETR npz, C3D HDF5) into a cache"""
     from extract.importers import main
 
     return main(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": _run,
     "synthetic": _synthetic,
     "merge": _merge,
     "import": _import,
 }
-"""Sub-commands by name (``import`` is reserved for the feature importer)."""
+"""Sub-commands by name; ``python -m extract --help`` lists each with its docstring's first line."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to a sub-command; ``run`` when the first argument is an option such as ``--config``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command inside the error boundary (`cache_schema.cli.run_commands`).
+
+    ``run`` gets the whole line when it starts with an option such as ``--config``.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    command, rest = ("run", argv) if argv[0].startswith("-") else (argv[0], argv[1:])
-    if command not in COMMANDS:
-        print(
-            f"python -m extract: unknown command {command!r}; commands: {', '.join(COMMANDS)}",
-            file=sys.stderr,
-        )
-        return 2
-    return COMMANDS[command](rest)
+    description = (
+        "Extract frozen-encoder features of videos and queries into a cache.\n"
+        f"`{PROG} --config CONFIG.yaml` is `{PROG} run --config CONFIG.yaml`."
+    )
+    return run_commands(PROG, description, COMMANDS, argv, default=_run)
 
 
 if __name__ == "__main__":

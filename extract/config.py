@@ -27,13 +27,14 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from cache_schema.backends import backend_for
+from cache_schema.errors import GroundcacheError
 from extract.datasets import annotations_from_strings, get_dataset, list_datasets
 from extract.datasets.validation import ValidationPolicy
 from extract.encoders.registry import Precision
 from extract.video import Backend
 
 
-class ConfigError(ValueError):
+class ConfigError(GroundcacheError, ValueError):
     """The extraction config is invalid. The message names the field."""
 
 

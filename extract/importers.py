@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol, TypeVar, get_args
 import numpy as np
 
 from cache_schema import CacheWriter, EncoderSpec, QueryItem, SchemaError, VideoItem
+from cache_schema.errors import GroundcacheError
 from cache_schema.spec import FeatureDtype
 from extract.datasets import (
     Annotation,
@@ -80,7 +81,7 @@ C3D_DATASET = "c3d_features"
 """Name of the dataset inside a per-video group of the public ActivityNet C3D file."""
 
 
-class ImportSetupError(ValueError):
+class ImportSetupError(GroundcacheError, ValueError):
     """The import cannot start (bad arguments, no feature file at all); the message says why."""
 
 

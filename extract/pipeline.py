@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -118,7 +119,7 @@ def find_shards(output: str | os.PathLike) -> list[Path]:
 
     Raises:
         FileNotFoundError: No shard exists, or some rank's shard is missing.
-        ValueError: Shards of several world sizes lie next to the output.
+        FileExistsError: Shards of several world sizes lie next to the output (stale ones to remove).
     """
     output = Path(output)
     pattern = re.compile(rf"{re.escape(output.stem)}\.rank(\d+)-of-(\d+){re.escape(output.suffix)}")
@@ -132,7 +133,7 @@ def find_shards(output: str | os.PathLike) -> list[Path]:
             f"{output}: no shard stores {output.stem}.rank<r>-of-<N>{output.suffix} beside it"
         )
     if len(found) > 1:
-        raise ValueError(
+        raise FileExistsError(
             f"{output}: shards of several world sizes {sorted(found)} lie beside it; remove the stale ones"
         )
     ((world_size, ranks),) = found.items()
@@ -782,7 +783,7 @@ def extract_videos(
 
         def fail(vid: str, path: str, stage: Stage, reason: str) -> None:
             summary.failures.append(Failure(vid, path, stage, reason))
-            console.print(f"[red]failed[/red] {vid}: {reason}", markup=True, highlight=False)
+            console.print(f"[red]failed[/red] {escape(vid)}: {escape(reason)}", highlight=False)
             bank.release(vid)
 
         def write_queries(vid: str, rows: Sequence[Annotation]) -> None:
@@ -1092,8 +1093,8 @@ def _warn_stale_shards(output: Path, console: Console) -> None:
         shards = find_shards(output)
     except FileNotFoundError:
         return
-    except ValueError as err:
-        console.print(f"[yellow]warning: {err}")
+    except FileExistsError as err:
+        console.print(f"[yellow]warning: {escape(str(err))}")
         return
     console.print(
         f"[yellow]warning: shards {[str(s) for s in shards]} of an unmerged torchrun run lie beside "

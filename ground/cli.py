@@ -1,4 +1,4 @@
-"""`python -m ground`: fit / validate / test / predict on LightningCLI, plus eval and demo.
+"""`python -m ground`: fit / validate / test / predict on LightningCLI, and the commands in `COMMANDS`.
 
     python -m ground fit --data ground/configs/data/synthetic.yaml --model ground/configs/model/span.yaml
     python -m ground test --data ... --model ... --ckpt_path runs/synthetic/span/checkpoints/best.ckpt
@@ -7,6 +7,9 @@
     python -m ground demo
 
 Feature dims are linked from the data module (the cache's encoder table) into the model.
+`python -m ground --help` lists every command. Bad input (a cache of another schema version, a
+truncated cache, a checkpoint trained on other encoders, ...) stops a command with one `error:`
+line naming the item and exit status 2 (`cache_schema.cli.error_boundary`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
 from ground.module import GroundingModule
 
 MONITOR = "val/MR-full-R1@0.5"
+PROG = "python -m ground"
 
 
 class GroundCLI(LightningCLI):
@@ -104,11 +109,12 @@ def run_lightning(argv: list[str]) -> int:
     GroundCLI(
         GroundingModule,
         GroundingDataModule,
-        args=argv,
+        # From the shell argv is sys.argv[1:]; passing it again makes Lightning warn about "both".
+        args=None if argv == sys.argv[1:] else argv,
         trainer_defaults=_trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "prog": PROG},
     )
     return 0
 
@@ -160,75 +166,114 @@ def saliency_per_clip(
     return [round(float(x), 6) for x in filled]
 
 
+def _fit(argv: list[str]) -> int:
+    """train a network on a cache (LightningCLI: --data DATA.yaml --model MODEL.yaml --trainer.*)"""
+    return run_lightning(["fit", *argv])
+
+
+def _validate(argv: list[str]) -> int:
+    """score a checkpoint on the validation split (LightningCLI, --ckpt_path)"""
+    return run_lightning(["validate", *argv])
+
+
+def _test(argv: list[str]) -> int:
+    """score a checkpoint or a baseline on the test split (LightningCLI, --ckpt_path)"""
+    return run_lightning(["test", *argv])
+
+
+def _predict(argv: list[str]) -> int:
+    """write a QVHighlights-format submission for a split (LightningCLI, --ckpt_path, --out)"""
+    return run_lightning(["predict", *argv])
+
+
 def _eval(argv: list[str]) -> int:
+    """official QVHighlights metrics of a submission file against ground truth"""
     from ground.evaluate import main as eval_main
 
     return eval_main(argv)
 
 
 def _demo(argv: list[str]) -> int:
+    """synthetic videos -> tiny_clip cache -> trained span model -> test metrics beside baselines"""
     from ground.demo import main as demo_main
 
     return demo_main(argv)
 
 
 def _zoo(argv: list[str]) -> int:
+    """train every registered model on the synthetic cache and write the model-zoo table"""
     from ground.zoo import main as zoo_main
 
     return zoo_main(argv)
 
 
 def _export(argv: list[str]) -> int:
+    """export a checkpoint's network to ONNX or TorchScript, checked against PyTorch"""
     from ground.export import export_main
 
     return export_main(argv)
 
 
 def _report(argv: list[str]) -> int:
+    """an HTML report of a checkpoint on a split: metrics beside baselines, figures"""
     from ground.report import report_main
 
     return report_main(argv)
 
 
 def _ground_video(argv: list[str]) -> int:
+    """answer sentence queries on a video file (or a cached video id) with a checkpoint"""
     from ground.predict import ground_video_main
 
     return ground_video_main(argv)
 
 
 def _calibrate_presence(argv: list[str]) -> int:
+    """choose a checkpoint's 'not found' threshold on a labelled split"""
     from ground.predict import calibrate_main
 
     return calibrate_main(argv)
 
 
 def _bench_coarse_to_fine(argv: list[str]) -> int:
+    """measure the boundary error of coarse-to-fine against the coarse pass alone"""
     from ground.predict import bench_coarse_to_fine_main
 
     return bench_coarse_to_fine_main(argv)
 
 
 def _serve(argv: list[str]) -> int:
+    """serve a checkpoint over HTTP (JSON API and a browser page)"""
     from ground.serve.app import serve_main
 
     return serve_main(argv)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "fit": _fit,
+    "validate": _validate,
+    "test": _test,
+    "predict": _predict,
+    "eval": _eval,
+    "report": _report,
     "ground-video": _ground_video,
     "calibrate-presence": _calibrate_presence,
     "bench-coarse-to-fine": _bench_coarse_to_fine,
     "serve": _serve,
-    "eval": _eval,
+    "export": _export,
     "demo": _demo,
     "zoo": _zoo,
-    "export": _export,
-    "report": _report,
 }
+"""Sub-commands by name; `python -m ground --help` lists each with its docstring's first line."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    return run_lightning(argv)
+    """Dispatch to a sub-command inside the error boundary (`cache_schema.cli.run_commands`).
+
+    A line starting with an option (`--config run.yaml fit ...`) goes to LightningCLI whole.
+    """
+    description = (
+        "Train grounding models on a feature cache, score them, and answer queries.\n"
+        "fit/validate/test/predict are LightningCLI commands: `python -m ground fit --help`."
+    )
+    return run_commands(PROG, description, COMMANDS, argv, default=run_lightning)

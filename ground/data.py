@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cache_schema import CacheReader, EncoderSpec, SplitArrays
+from ground.errors import UnknownEncoderError
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,12 @@ class GroundingDataModule(L.LightningDataModule):
             "short=0:10,middle=10:30,long=30:150" (QVHighlights'); passed on to the model's metrics.
         device_resident: keep split tensors on the accelerator and gather batches there.
         seed: seed of shuffling and crops.
+
+    Raises:
+        FileNotFoundError: no cache at `cache`.
+        SchemaVersionError: the cache was written with another major schema version (both named).
+        CacheReadError: the cache cannot be opened or read (truncated, not HDF5/Zarr); names the path.
+        UnknownEncoderError: (a KeyError) a chosen encoder is not in the cache; lists those it has.
     """
 
     def __init__(
@@ -310,7 +317,7 @@ class GroundingDataModule(L.LightningDataModule):
             return list(reader.video_encoders.values())
         missing = [n for n in names if n not in reader.video_encoders]
         if missing:
-            raise KeyError(
+            raise UnknownEncoderError(
                 f"{reader.path}: video encoders {missing} are not in the cache; it has "
                 f"{sorted(reader.video_encoders)}"
             )
@@ -320,10 +327,12 @@ class GroundingDataModule(L.LightningDataModule):
     def _choose_text(reader: CacheReader, name: str | None) -> EncoderSpec:
         if name is None:
             if len(reader.text_encoders) != 1:
-                raise KeyError(f"{reader.path}: choose a text encoder among {sorted(reader.text_encoders)}")
+                raise UnknownEncoderError(
+                    f"{reader.path}: choose a text encoder among {sorted(reader.text_encoders)}"
+                )
             return next(iter(reader.text_encoders.values()))
         if name not in reader.text_encoders:
-            raise KeyError(
+            raise UnknownEncoderError(
                 f"{reader.path}: text encoder {name!r} is not in the cache; it has "
                 f"{sorted(reader.text_encoders)}"
             )

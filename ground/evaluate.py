@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cache_schema.errors import GroundcacheError
 from ground.metrics import (
     HIGHLIGHT_MIN_SCORES,
     QVHIGHLIGHTS_LENGTH_BUCKETS,
@@ -75,7 +76,7 @@ Protocol = Literal["qvhighlights", "recall"]
 PROTOCOLS: tuple[Protocol, ...] = ("qvhighlights", "recall")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(GroundcacheError, ValueError):
     """Malformed submission or ground truth; the message names the file, line and query id."""
 
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ground.errors import CheckpointError, check_trained_encoders
 from ground.metrics import MomentRetrievalMetric, parse_length_buckets
 from ground.models import build_model
 from ground.models.blocks import Predictions, nms_1d
@@ -203,12 +204,13 @@ class GroundingModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "encoder_record"):
             record = datamodule.encoder_record()
-            if self.encoder_record is not None and self.encoder_record != record:
-                raise ValueError(
-                    "this checkpoint was trained on encoders "
-                    f"{[e['name'] for e in self.encoder_record['video_encoders']]} + "
-                    f"{self.encoder_record['text_encoder']['name']}, the cache provides "
-                    f"{[e['name'] for e in record['video_encoders']]} + {record['text_encoder']['name']}"
+            if self.encoder_record is not None:
+                check_trained_encoders(
+                    self.trainer.ckpt_path or "(in memory)",
+                    self.encoder_record,
+                    (self.hparams.video_dim, self.hparams.text_dim),
+                    datamodule.cache,
+                    record,
                 )
             self.encoder_record = record
 
@@ -217,7 +219,27 @@ class GroundingModule(L.LightningModule):
         checkpoint["groundcache"] = {"encoders": self.encoder_record}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.encoder_record = checkpoint.get("groundcache", {}).get("encoders")
+        """Restore the encoder record; refuse a checkpoint whose encoders differ from the cache's.
+
+        Lightning calls this before it loads the weights, so `test`/`predict --ckpt_path` on a cache
+        of other encoders stops here with both encoder sets named, not at a tensor size mismatch.
+
+        Raises:
+            EncoderMismatchError: the trainer's data module provides features of other encoders.
+        """
+        trained = checkpoint.get("groundcache", {}).get("encoders")
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "encoder_record"):
+            hparams = {**self.hparams, **checkpoint.get("hyper_parameters", {})}
+            check_trained_encoders(
+                trainer.ckpt_path or "(in memory)",
+                trained,
+                (hparams["video_dim"], hparams["text_dim"]),
+                datamodule.cache,
+                datamodule.encoder_record(),
+            )
+        self.encoder_record = trained
 
 
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
@@ -229,7 +251,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
 
     Raises:
         FileNotFoundError: naming the path when there is no such file.
-        KeyError: the checkpoint has no GroundingModule hyperparameters.
+        CheckpointError: (a KeyError) the checkpoint has no GroundingModule hyperparameters.
     """
     path = Path(path)
     if not path.is_file():
@@ -237,7 +259,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     checkpoint = torch.load(path, map_location=device, weights_only=True)
     hparams = checkpoint.get("hyper_parameters")
     if not hparams or "name" not in hparams:
-        raise KeyError(f"{path}: no model hyperparameters; was it saved by ground.module.GroundingModule?")
+        raise CheckpointError(
+            f"{path}: no model hyperparameters; was it saved by ground.module.GroundingModule?"
+        )
     module = GroundingModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)

@@ -40,7 +40,15 @@ import torch
 from torch import Tensor, nn
 
 from cache_schema import CacheReader, EncoderSpec
+from cache_schema.errors import GroundcacheError
 from ground.data import SplitTensors
+from ground.errors import (
+    CheckpointError,
+    EncoderMismatchError,
+    GroundingInputError,
+    describe_specs,
+    same_features,
+)
 from ground.models.blocks import Predictions, temporal_iou
 from ground.module import load_checkpoint, sliding_window_decode
 
@@ -64,15 +72,11 @@ _EDGE_TOLERANCE_SEC = 1e-3
 """Window edges come from float32 clip timestamps; an edge this close past the video is rounding."""
 
 
-class EncoderMismatchError(ValueError):
-    """A checkpoint is used with features from other encoders; the message names both sets."""
-
-
-class VideoNotFoundError(LookupError):
+class VideoNotFoundError(GroundcacheError, LookupError):
     """A video is neither a file nor a video id of the cache."""
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(GroundcacheError, RuntimeError):
     """A video file could not be decoded or encoded; the message names the file."""
 
 
@@ -126,21 +130,6 @@ def presence_path(checkpoint: str | os.PathLike) -> Path:
     return Path(f"{checkpoint}.presence.json")
 
 
-def _describe(specs: Sequence[EncoderSpec]) -> str:
-    return ", ".join(
-        f"{s.name}(dim={s.dim}, weights={s.weights_id or '?'}"
-        + (f", stride_sec={s.stride_sec}" if s.modality == "video" else "")
-        + ")"
-        for s in specs
-    )
-
-
-def _same_features(a: EncoderSpec, b: EncoderSpec) -> bool:
-    # The library version may move between extraction and serving (extract.api warns about it);
-    # every other field decides what the features mean.
-    return dataclasses.replace(a, library="") == dataclasses.replace(b, library="")
-
-
 def check_cache_encoders(
     video_specs: Sequence[EncoderSpec], text_spec: EncoderSpec, reader: CacheReader, checkpoint: str
 ) -> None:
@@ -148,17 +137,17 @@ def check_cache_encoders(
     problems = []
     for spec in video_specs:
         have = reader.video_encoders.get(spec.name)
-        if have is None or not _same_features(spec, have):
+        if have is None or not same_features(spec, have):
             problems.append(f"video encoder {spec.name!r}")
     have = reader.text_encoders.get(text_spec.name)
-    if have is None or not _same_features(text_spec, have):
+    if have is None or not same_features(text_spec, have):
         problems.append(f"text encoder {text_spec.name!r}")
     if problems:
         raise EncoderMismatchError(
-            f"checkpoint {checkpoint} was trained on video encoders [{_describe(video_specs)}] and text "
-            f"encoder [{_describe([text_spec])}]; cache {reader.path} provides video encoders "
-            f"[{_describe(list(reader.video_encoders.values()))}] and text encoders "
-            f"[{_describe(list(reader.text_encoders.values()))}] "
+            f"checkpoint {checkpoint} was trained on video encoders [{describe_specs(video_specs)}] and text "
+            f"encoder [{describe_specs([text_spec])}]; cache {reader.path} provides video encoders "
+            f"[{describe_specs(list(reader.video_encoders.values()))}] and text encoders "
+            f"[{describe_specs(list(reader.text_encoders.values()))}] "
             f"({', '.join(problems)} differ or are missing)"
         )
 
@@ -204,7 +193,7 @@ class Grounder:
         self.text_spec = EncoderSpec.from_dict(encoders["text_encoder"])
         strides = {s.stride_sec for s in self.video_specs}
         if len(strides) != 1:
-            raise ValueError(
+            raise GroundingInputError(
                 f"checkpoint {checkpoint}: video encoders have different strides {sorted(strides)}"
             )
         self.stride_sec = float(strides.pop())
@@ -238,14 +227,14 @@ class Grounder:
 
         Raises:
             FileNotFoundError: no such checkpoint.
-            KeyError: the checkpoint lacks its hyperparameters or its encoder record.
+            CheckpointError: (a KeyError) the checkpoint lacks its hyperparameters or its encoder record.
             EncoderMismatchError: `cache` holds features of other encoders.
         """
         path = Path(path)
         module = load_checkpoint(path, device=device)
         encoders = module.encoder_record
         if not encoders:
-            raise KeyError(
+            raise CheckpointError(
                 f"{path}: no encoder record (checkpoint['groundcache']['encoders']); the checkpoint was "
                 "not saved by a GroundingModule trained on a cache"
             )
@@ -306,12 +295,12 @@ class Grounder:
         """
         queries = list(queries)
         if not queries:
-            raise ValueError("ground: no queries given")
+            raise GroundingInputError("ground: no queries given")
         for i, query in enumerate(queries):
             if not isinstance(query, str) or not query.strip():
-                raise ValueError(f"ground: query {i} is empty")
+                raise GroundingInputError(f"ground: query {i} is empty")
         if top_k < 1:
-            raise ValueError(f"ground: top_k must be >= 1, got {top_k}")
+            raise GroundingInputError(f"ground: top_k must be >= 1, got {top_k}")
         with self._lock, torch.inference_mode():
             clip = self._load_video(video)
             refine = self._decide_coarse_to_fine(coarse_to_fine, clip, video)
@@ -400,7 +389,7 @@ class Grounder:
         timestamps = reader.video_timestamps(vid, first)
         for spec in self.video_specs[1:]:
             if not np.allclose(reader.video_timestamps(vid, spec.name), timestamps, atol=1e-4):
-                raise ValueError(
+                raise GroundingInputError(
                     f"cache {reader.path}: video {vid}: timestamps of {first!r} and {spec.name!r} differ"
                 )
         features = np.concatenate(
@@ -436,7 +425,7 @@ class Grounder:
         if reason is None:
             return COARSE_TO_FINE_DEFAULT if requested is None else True
         if requested:
-            raise ValueError(f"coarse-to-fine is not possible: {reason}")
+            raise GroundingInputError(f"coarse-to-fine is not possible: {reason}")
         return False
 
     def _refine(
@@ -550,7 +539,7 @@ def presence_scores(grounder: Grounder, split: SplitTensors, batch_size: int = 6
             }
             preds = grounder._decode(batch, 1)
             if preds.presence is None:
-                raise ValueError(
+                raise GroundingInputError(
                     f"checkpoint {grounder.checkpoint}: the network has no presence head to calibrate"
                 )
             out.append(preds.presence.double().cpu())
@@ -582,7 +571,9 @@ def calibrate_presence(
         check_cache_encoders(grounder.video_specs, grounder.text_spec, reader, grounder.checkpoint)
         arrays = reader.load_split(split, [s.name for s in grounder.video_specs], grounder.text_spec.name)
     if len(arrays.vids) < 2:
-        raise ValueError(f"{cache}: split {split!r} has {len(arrays.vids)} video; negatives need at least 2")
+        raise GroundingInputError(
+            f"{cache}: split {split!r} has {len(arrays.vids)} video; negatives need at least 2"
+        )
     positives = SplitTensors.from_arrays(arrays, split=split)
     # Each query meets the next video of the split: never its own, since video ids are distinct.
     other = (positives.video_index + 1) % len(arrays.vids)
@@ -646,7 +637,7 @@ def measure_coarse_to_fine(
                     by_video.setdefault(item.vid, []).append(item)
         sources = {vid: reader.video_meta(vid).source for vid in by_video}
     if not by_video:
-        raise ValueError(f"{cache}: splits {list(splits)} have no labelled queries")
+        raise GroundingInputError(f"{cache}: splits {list(splits)} have no labelled queries")
     rows: dict[str, list[float]] = {
         k: [] for k in ("coarse_err", "fine_err", "coarse_iou", "fine_iou", "refined")
     }
@@ -684,13 +675,6 @@ def measure_coarse_to_fine(
 # -- command lines ----------------------------------------------------------------------------------
 
 
-def _print_error(err: Exception) -> int:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, markup=True)
-    return 2
-
-
 def _load(args: argparse.Namespace, cache: str | None) -> Grounder:
     return Grounder.from_checkpoint(args.ckpt, device=args.device, cache=cache)
 
@@ -711,28 +695,27 @@ def ground_video_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="torch device")
     args = parser.parse_args(argv)
-    try:
-        grounder = _load(args, args.cache)
-        results = grounder.ground(
-            args.video, args.query, top_k=args.top_k, coarse_to_fine=False if args.no_coarse_to_fine else None
-        )
-    except (FileNotFoundError, KeyError, ValueError, VideoNotFoundError, VideoReadError) as err:
-        return _print_error(err)
+    grounder = _load(args, args.cache)
+    results = grounder.ground(
+        args.video, args.query, top_k=args.top_k, coarse_to_fine=False if args.no_coarse_to_fine else None
+    )
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Queries and paths are user text: escaped, or rich reads "[...]" in them as markup.
     table = Table(
-        "query", "found", "presence", "rank", "start (s)", "end (s)", "score", title=str(args.video)
+        "query", "found", "presence", "rank", "start (s)", "end (s)", "score", title=escape(str(args.video))
     )
     for r in results:
         presence = "-" if r.presence is None else f"{r.presence:.3f}"
         for rank, (start, end, score) in enumerate(r.windows, 1):
             first = rank == 1
             table.add_row(
-                r.query if first else "",
+                escape(r.query) if first else "",
                 ("yes" if r.found else "[red]not found[/red]") if first else "",
                 presence if first else "",
                 f"{rank}" + (" *" if first and r.refined else ""),
@@ -758,11 +741,8 @@ def calibrate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    try:
-        grounder = _load(args, None)
-        threshold = calibrate_presence(grounder, args.cache, args.split)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        return _print_error(err)
+    grounder = _load(args, None)
+    threshold = calibrate_presence(grounder, args.cache, args.split)
     record = json.loads(presence_path(args.ckpt).read_text())
     print(
         f"presence threshold {threshold:.4f} (Youden's J on {args.split}: TPR {record['tpr']:.3f}, "
@@ -783,14 +763,13 @@ def bench_coarse_to_fine_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     splits = args.split or ["val", "test"]
-    try:
-        grounder = _load(args, None)
-        numbers = measure_coarse_to_fine(grounder, args.cache, splits)
-    except (FileNotFoundError, KeyError, ValueError, VideoReadError) as err:
-        return _print_error(err)
+    grounder = _load(args, None)
+    numbers = measure_coarse_to_fine(grounder, args.cache, splits)
     print(json.dumps({"splits": splits, **numbers}, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(ground_video_main())
+    from ground.cli import main
+
+    sys.exit(main(["ground-video", *sys.argv[1:]]))

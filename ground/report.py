@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ground.data import GroundingDataModule, SplitTensors
+from ground.errors import GroundingInputError, check_trained_encoders
 from ground.export import load_module
 from ground.metrics import parse_length_buckets, retrieval_metrics, temporal_iou
 from ground.module import GroundingModule
@@ -454,21 +455,10 @@ def plot_baselines(rows: dict[str, dict[str, float]], path: Path) -> str:
 
 
 def _check_compatible(module: GroundingModule, data: GroundingDataModule, ckpt: Path) -> None:
+    """Raise EncoderMismatchError (both encoder sets with dims) unless `data` holds the trained features."""
     hp = module.hparams
-    if (hp.video_dim, hp.text_dim) != (data.video_dim, data.text_dim):
-        raise ValueError(
-            f"{ckpt}: trained on features of dims video {hp.video_dim} / text {hp.text_dim}, the cache "
-            f"{data.cache} provides {data.video_dim} / {data.text_dim}"
-        )
-    record = module.encoder_record
-    if record is not None:
-        cache_record = data.encoder_record()
-        trained = ([e["name"] for e in record["video_encoders"]], record["text_encoder"]["name"])
-        given = ([e["name"] for e in cache_record["video_encoders"]], cache_record["text_encoder"]["name"])
-        if trained != given:
-            raise ValueError(
-                f"{ckpt}: trained on encoders {trained}, the cache {data.cache} provides {given}"
-            )
+    trained_dims = (hp.video_dim, hp.text_dim)
+    check_trained_encoders(ckpt, module.encoder_record, trained_dims, data.cache, data.encoder_record())
 
 
 def _spread(n: int, count: int) -> list[int]:
@@ -519,7 +509,7 @@ def build_report(
     results = [r for r in results_all if len(r.gt_windows)]
     unlabelled = [r.qid for r in results_all if not len(r.gt_windows)]
     if not results:
-        raise ValueError(
+        raise GroundingInputError(
             f"{data.cache}: split {split_name!r} has no query with a ground-truth window to report on"
         )
     ious = np.array([r.ious[0] for r in results])  # (Q,)
@@ -626,7 +616,8 @@ def load_data(
     """A data module from a data YAML (GroundingDataModule arguments), a cache path, or both (cache wins).
 
     Raises:
-        ValueError: naming the file when the YAML is not a mapping of known arguments.
+        GroundingInputError: (a ValueError) naming the file when the YAML is not a mapping of known
+            arguments.
     """
     config: dict = {}
     if data_config is not None:
@@ -634,17 +625,17 @@ def load_data(
         if isinstance(loaded, dict) and "init_args" in loaded:  # LightningCLI's class_path form
             loaded = loaded["init_args"]
         if not isinstance(loaded, dict):
-            raise ValueError(f"{data_config}: expected a mapping of GroundingDataModule arguments")
+            raise GroundingInputError(f"{data_config}: expected a mapping of GroundingDataModule arguments")
         config = dict(loaded)
     if cache is not None:
         config["cache"] = str(cache)
     if "cache" not in config:
-        raise ValueError("give --cache, or --data with a `cache:` entry")
+        raise GroundingInputError("give --cache, or --data with a `cache:` entry")
     config["eval_batch_size"] = batch_size
     try:
         return GroundingDataModule(**config)
     except TypeError as err:
-        raise ValueError(f"{data_config}: {err}") from err
+        raise GroundingInputError(f"{data_config}: {err}") from err
 
 
 def report_main(argv: list[str] | None = None) -> int:

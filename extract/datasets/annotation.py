@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cache_schema.errors import GroundcacheError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(GroundcacheError, ValueError):
     """An annotation file cannot be parsed. The message names the file, the line and the item."""
 
 

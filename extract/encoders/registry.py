@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from cache_schema.errors import GroundcacheError
 from cache_schema.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ PARAM_SEP = "--"
 repository ids never contain ``--``, so ``hf_vision--org--model`` maps back to ``org/model``."""
 
 
-class EncoderError(ValueError):
+class EncoderError(GroundcacheError, ValueError):
     """An encoder cannot be built or cannot encode the given input. The message names the item."""
 
 

@@ -20,6 +20,7 @@ import torch
 from cache_schema.fake import write_fake_cache
 from extract.__main__ import main as extract_main
 from extract.video import probe_video, write_video
+from ground.cli import main as ground_main
 from ground.data import GroundingDataModule
 from ground.module import GroundingModule
 from ground.predict import (
@@ -333,5 +334,7 @@ def test_cli_prints_json_and_tables(world: World, capsys: pytest.CaptureFixture[
     assert ground_video_main(args) == 0
     table = capsys.readouterr().out
     assert "amber" in table and "square" in table and "presence threshold" in table
-    assert ground_video_main([*args[:4], "--video", "nosuch", "--query", "x"]) == 2
-    assert "nosuch" in capsys.readouterr().err
+    # Through `python -m ground`'s error boundary: one line naming the video, exit 2.
+    assert ground_main(["ground-video", *args[:4], "--video", "nosuch", "--query", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nosuch' is not a file" in err and "Traceback" not in err

@@ -13,6 +13,7 @@ import torch
 
 from cache_schema.fake import write_fake_cache
 from ground.data import GroundingDataModule
+from ground.errors import EncoderMismatchError
 from ground.export import load_module
 from ground.models import build_model
 from ground.module import GroundingModule
@@ -153,5 +154,5 @@ def test_bad_inputs_name_the_item(trained: tuple[Path, Path], tmp_path: Path) ->
         load_data(bad, None, batch_size=4)
     other = tmp_path / "other.h5"
     write_fake_cache(other, n_videos=3, queries_per_video=1, video_dims=(8,), text_dim=16)
-    with pytest.raises(ValueError, match="dims video 16 / text 16.*provides 8 / 16"):
+    with pytest.raises(EncoderMismatchError, match=r"fake_video0\(dim=16.*provides.*fake_video0\(dim=8"):
         report_main(["--ckpt", str(ckpt), "--cache", str(other), "--out", str(tmp_path / "r")])
