@@ -153,23 +153,11 @@ def _extract_config(tmp_path: Path, annotations: Path, adapter: str = "custom") 
     return path
 
 
-def _run_extract(argv: list[str]) -> int:
-    """`python -m extract ARGV`; an error the adapters do not type yet marks the test xfail, not pass."""
-    try:
-        return extract_cli.main(argv)
-    except ValueError as err:  # UnicodeDecodeError is one
-        if isinstance(err, GroundcacheError):
-            raise
-        # The datasets branch makes adapters raise AnnotationError/ConfigError for these inputs;
-        # until it is merged the boundary has nothing typed to print.
-        pytest.xfail(f"the adapter raises {type(err).__name__}, not a GroundcacheError: {err}")
-
-
 def test_extract_non_utf8_annotations_name_the_file_and_line(tmp_path: Path, capsys) -> None:
     annotations = tmp_path / "annotations.jsonl"
     good = {"qid": "q0", "video": "a.mp4", "query": "a person waves", "windows": [[0, 1]], "split": "train"}
     annotations.write_bytes(json.dumps(good).encode() + b'\n{"qid": "q1", "query": "caf\xe9 \xff"}\n')
-    assert _run_extract(["--config", str(_extract_config(tmp_path, annotations))]) == 2
+    assert extract_cli.main(["--config", str(_extract_config(tmp_path, annotations))]) == 2
     line = one_error_line(capsys)
     # The file, and its line 2 (whatever the wording: "line 2", "annotations.jsonl:2").
     assert "annotations.jsonl" in line
@@ -180,7 +168,7 @@ def test_extract_unknown_dataset_names_the_available_ones(tmp_path: Path, capsys
     annotations = tmp_path / "annotations.jsonl"
     annotations.write_text("", encoding="utf-8")
     config = _extract_config(tmp_path, annotations, adapter="no_such_dataset")
-    assert _run_extract(["--config", str(config)]) == 2
+    assert extract_cli.main(["--config", str(config)]) == 2
     line = one_error_line(capsys)
     assert "no_such_dataset" in line and "qvhighlights" in line
 
