@@ -1,5 +1,6 @@
 """Tests of `probe`: its logit and loss by hand, its decoder's rules, fitting eight samples
-perfectly, and the fit -> test -> predict -> eval -> export commands on a trained checkpoint.
+perfectly, and the fit -> test -> predict -> eval -> export commands and the Python API on a
+trained checkpoint.
 
 The registry-wide contract (forward/backward, padding invariance, decode validity, bad batches)
 is tested for every model in test_span.py.
@@ -25,6 +26,7 @@ from ground.export import export_module
 from ground.models.blocks import temporal_iou
 from ground.models.probe import ProbeNet, contrast_scores, runs_above, smooth_probabilities
 from ground.module import GroundingModule
+from ground.predict import Grounder
 
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "probe.yaml"
 
@@ -204,7 +206,7 @@ def _gt_file(cache: Path, split: str, path: Path) -> Path:
     return path
 
 
-def test_probe_through_fit_test_predict_eval_and_export(fake_cache: Path, tmp_path: Path) -> None:
+def test_probe_through_the_commands_and_the_python_api(fake_cache: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "runs"
     assert ground_main(["fit", *_cli(fake_cache, run_dir, "--trainer.max_epochs", "3")]) == 0
     best = next(run_dir.rglob("best-*.ckpt"))
@@ -246,3 +248,11 @@ def test_probe_through_fit_test_predict_eval_and_export(fake_cache: Path, tmp_pa
     for fmt, suffix in (("onnx", "onnx"), ("torchscript", "pt")):
         record = export_module(module.eval(), tmp_path / f"probe.{suffix}", fmt)
         assert [o["name"] for o in record["outputs"]] == ["logits"], fmt
+
+    # The Python API on a cached video and a cached sentence (no encoder runs).
+    grounder = Grounder(module.net, checkpoint["groundcache"]["encoders"], cache=fake_cache)
+    query = reader.queries("test")[0]
+    (result,) = grounder.ground(query.vid, [query.text], top_k=3)
+    assert result.windows and all(0.0 <= s <= e <= result.duration_sec for s, e, _ in result.windows)
+    assert result.presence is None and result.found
+    assert result.saliency and all(0.0 <= score <= 1.0 for _, score in result.saliency)
