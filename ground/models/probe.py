@@ -189,11 +189,15 @@ class ProbeNet(nn.Module):
         for b in range(prob.shape[0]):
             real = mask[b].nonzero(as_tuple=True)[0]  # (n,)
             p = prob[b, real]  # (n,)
+            if not torch.isfinite(p).all():
+                raise ValueError(f"probe: non-finite clip logits for query {batch['qid'][b]}")
             smooth = smooth_probabilities(p, self.smooth_clips)  # (n,)
             low, high = smooth.min(), smooth.max()
             starts, ends = [], []
             for fraction in self.thresholds:
-                s, e = runs_above(smooth, low + fraction * (high - low))
+                # Capped at the maximum: rounding must not lift the level f = 1 above every clip.
+                level = torch.minimum(low + fraction * (high - low), high)
+                s, e = runs_above(smooth, level)
                 starts.append(s)
                 ends.append(e)
             start_idx, end_idx = torch.cat(starts), torch.cat(ends)  # (N,)

@@ -130,6 +130,9 @@ def test_probe_decode_by_hand() -> None:
     assert preds.window_mask[0].tolist() == [True, True, False]
     torch.testing.assert_close(preds.saliency, torch.tensor([p]))
     assert preds.presence is None
+    # Level f = 1 is the maximum itself: the most probable run, never nothing.
+    top = tiny_probe(smooth_clips=1, thresholds=(1.0,)).decode({"logits": logits_of(p)}, batch, k=2)
+    assert top.windows[0, 0].tolist() == [1.0, 3.0] and top.window_mask[0].tolist() == [True, False]
 
 
 def test_probe_decode_suppresses_overlapping_runs() -> None:
@@ -152,6 +155,14 @@ def test_probe_decode_of_a_flat_video_is_the_whole_video() -> None:
     torch.testing.assert_close(preds.windows[:, 0], torch.tensor([[0.0, 0.5], [0.0, 2.5]]))
     assert preds.window_mask.tolist() == [[True, False], [True, False]]
     assert preds.saliency[0, 1:].tolist() == [0.0] * 4  # padding clips: probability 0
+
+
+def test_probe_decode_names_a_query_with_non_finite_logits() -> None:
+    batch = make_batch([3, 4])
+    logits = torch.zeros(2, 4).masked_fill(~batch["video_mask"], float("-inf"))
+    logits[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="q1"):
+        tiny_probe().decode({"logits": logits}, batch, k=2)
 
 
 def test_probe_fits_eight_samples_perfectly() -> None:
