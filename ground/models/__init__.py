@@ -67,4 +67,4 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
 
 
 # Importing the model modules registers them; keep this list in step with the files in this folder.
-from ground.models import baselines, capsule, ianet, localglobal, regress, span  # noqa: E402, F401
+from ground.models import baselines, capsule, ianet, localglobal, probe, regress, span  # noqa: E402, F401

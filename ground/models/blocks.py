@@ -2,8 +2,8 @@
 
 Layers (projection, positional encodings, masked attention, feed-forward), the time geometry
 of windows (temporal IoU, NMS, which clips fall inside a window), training targets (Gaussian
-boundary targets) and decoding (SQuAD-style span decoding), plus the ``Predictions`` every
-network's ``decode`` returns.
+boundary targets, clips assigned to windows) and decoding (SQuAD-style span decoding, top-k
+after NMS), plus the ``Predictions`` every network's ``decode`` returns.
 
 Letters in shape comments: B batch, T clips, L tokens, D dim, W ground-truth windows,
 K predicted windows, N / M arbitrary window counts. Masks are True where an entry is real.
@@ -339,6 +339,40 @@ def clips_in_windows(timestamps: Tensor, windows: Tensor, window_mask: Tensor) -
     return (inside & window_mask[:, None, :]).any(dim=-1)
 
 
+def assign_clips(timestamps: Tensor, mask: Tensor, windows: Tensor, window_mask: Tensor,
+                 ids: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """Which clips regress a ground-truth window, and which window each one regresses.
+
+    A real clip is assigned when its centre lies inside a real window; every window also claims
+    the real clip whose centre is nearest its own, so a window shorter than a clip still gets
+    one. A clip claimed by several windows regresses the shortest (ties: the first).
+
+    Args:
+        timestamps: (B, T, 2) clip windows in seconds.
+        mask: (B, T) True where a clip is real.
+        windows: (B, W, 2) ground-truth windows in seconds.
+        window_mask: (B, W) True where a window is real.
+        ids: query ids, named when a query has no window.
+
+    Returns:
+        positive (B, T) bool, and target (B, T, 2) the assigned window in seconds (meaningful
+        where ``positive``).
+    """
+    check_nonempty(window_mask, ids, "ground-truth windows")
+    n_clips = timestamps.shape[1]
+    centre_sec = timestamps.mean(dim=-1)  # (B, T)
+    after_start = centre_sec[:, :, None] >= windows[:, None, :, 0]  # (B, T, W)
+    inside = after_start & (centre_sec[:, :, None] <= windows[:, None, :, 1])
+    distance = (centre_sec[:, :, None] - windows.mean(dim=-1)[:, None, :]).abs()  # (B, T, W)
+    nearest = distance.masked_fill(~mask[:, :, None], float("inf")).argmin(dim=1)  # (B, W)
+    claimed = nn.functional.one_hot(nearest, n_clips).transpose(1, 2).bool()  # (B, T, W)
+    candidate = (inside | claimed) & window_mask[:, None, :] & mask[:, :, None]  # (B, T, W)
+    length_sec = (windows[..., 1] - windows[..., 0])[:, None, :].expand_as(candidate)
+    assigned = length_sec.masked_fill(~candidate, float("inf")).argmin(dim=-1)  # (B, T)
+    target = windows.gather(1, assigned.unsqueeze(-1).expand(-1, -1, 2))  # (B, T, 2)
+    return candidate.any(dim=-1), target
+
+
 def longest_window(windows: Tensor, window_mask: Tensor, ids: Sequence[str]) -> Tensor:
     """The longest real window of each sample, the first one on equal length.
 
@@ -468,6 +502,39 @@ def _nms_first_k(windows: Tensor, scores: Tensor, iou_threshold: float, k: int) 
         if len(kept) >= k or pool == len(windows):
             return kept
         pool = min(len(windows), 2 * pool)
+
+
+def top_k_windows(
+    windows: Tensor, scores: Tensor, k: int, nms_iou_threshold: float | None
+) -> tuple[Tensor, Tensor]:
+    """The best ``k`` of one sample's candidate windows, after optional greedy NMS.
+
+    Candidates are ranked by score, ties in input order. Slots beyond the surviving candidates
+    repeat the last one with score ``-inf``, as ``Predictions`` documents.
+
+    Args:
+        windows: (N, 2) [start_sec, end_sec], N >= 1.
+        scores: (N,) higher is better.
+        k: windows to return, >= 1.
+        nms_iou_threshold: NMS threshold, or None for no suppression.
+
+    Returns:
+        windows (k, 2) and scores (k,) sorted descending.
+    """
+    if k < 1:
+        raise ValueError(f"top_k_windows: k must be >= 1, got {k}")
+    if len(windows) == 0:
+        raise ValueError("top_k_windows: no candidate windows")
+    order = torch.sort(scores, descending=True, stable=True).indices  # (N,)
+    windows, scores = windows[order], scores[order]
+    if nms_iou_threshold is not None:
+        kept = _nms_first_k(windows, scores, nms_iou_threshold, k)
+        windows, scores = windows[kept], scores[kept]
+    windows, scores = windows[:k], scores[:k]
+    return (
+        _pad_to_k(windows, k, fill=windows[-1]),
+        _pad_to_k(scores, k, fill=scores.new_tensor(float("-inf"))),
+    )
 
 
 def _pad_to_k(x: Tensor, k: int, fill: Tensor) -> Tensor:

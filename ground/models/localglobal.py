@@ -37,8 +37,8 @@ from ground.models.blocks import (
     MaskedAttention,
     Predictions,
     Projection,
+    assign_clips,
     check_batch,
-    check_nonempty,
     eiou_loss,
     nms_1d,
 )
@@ -123,40 +123,6 @@ class QueryLocalGlobalLayer(nn.Module):
 def head(dim: int, out: int) -> nn.Sequential:
     """Per-clip two-layer MLP."""
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
-
-
-def assign_clips(timestamps: Tensor, mask: Tensor, windows: Tensor, window_mask: Tensor,
-                 ids: list[str]) -> tuple[Tensor, Tensor]:
-    """Which clips regress a ground-truth window, and which window each one regresses.
-
-    A real clip is assigned when its centre lies inside a real window; every window also claims
-    the real clip whose centre is nearest its own, so a window shorter than a clip still gets
-    one. A clip claimed by several windows regresses the shortest (ties: the first).
-
-    Args:
-        timestamps: (B, T, 2) clip windows in seconds.
-        mask: (B, T) True where a clip is real.
-        windows: (B, W, 2) ground-truth windows in seconds.
-        window_mask: (B, W) True where a window is real.
-        ids: query ids, named when a query has no window.
-
-    Returns:
-        positive (B, T) bool, and target (B, T, 2) the assigned window in seconds (meaningful
-        where ``positive``).
-    """
-    check_nonempty(window_mask, ids, "ground-truth windows")
-    n_clips = timestamps.shape[1]
-    centre_sec = timestamps.mean(dim=-1)  # (B, T)
-    after_start = centre_sec[:, :, None] >= windows[:, None, :, 0]  # (B, T, W)
-    inside = after_start & (centre_sec[:, :, None] <= windows[:, None, :, 1])
-    distance = (centre_sec[:, :, None] - windows.mean(dim=-1)[:, None, :]).abs()  # (B, T, W)
-    nearest = distance.masked_fill(~mask[:, :, None], float("inf")).argmin(dim=1)  # (B, W)
-    claimed = F.one_hot(nearest, n_clips).transpose(1, 2).bool()  # (B, T, W)
-    candidate = (inside | claimed) & window_mask[:, None, :] & mask[:, :, None]  # (B, T, W)
-    length_sec = (windows[..., 1] - windows[..., 0])[:, None, :].expand_as(candidate)
-    assigned = length_sec.masked_fill(~candidate, float("inf")).argmin(dim=-1)  # (B, T)
-    target = windows.gather(1, assigned.unsqueeze(-1).expand(-1, -1, 2))  # (B, T, 2)
-    return candidate.any(dim=-1), target
 
 
 @register_model("localglobal")

@@ -23,6 +23,7 @@ from ground.models.blocks import (
     nms_1d,
     sinusoidal_encoding,
     temporal_iou,
+    top_k_windows,
 )
 
 
@@ -84,6 +85,19 @@ def test_nms_breaks_ties_by_input_order() -> None:
     windows = torch.tensor([[5.0, 6.0], [0.0, 1.0], [0.0, 1.0], [2.0, 3.0]])
     scores = torch.ones(4)
     assert nms_1d(windows, scores, iou_threshold=0.5).tolist() == [0, 1, 3]
+
+
+def test_top_k_windows_ranks_suppresses_and_pads() -> None:
+    windows = torch.tensor([[0.0, 4.0], [5.0, 6.0], [0.0, 3.9], [7.0, 9.0]])
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.5])
+    # [0, 3.9] (0.7) suppresses [0, 4] (IoU 0.975); [7, 9] ties [0, 4] and comes after it in input.
+    kept_w, kept_s = top_k_windows(windows, scores, k=4, nms_iou_threshold=0.7)
+    torch.testing.assert_close(kept_w, torch.tensor([[5.0, 6.0], [0.0, 3.9], [7.0, 9.0], [7.0, 9.0]]))
+    torch.testing.assert_close(kept_s, torch.tensor([0.9, 0.7, 0.5, float("-inf")]))
+    all_w, all_s = top_k_windows(windows, scores, k=3, nms_iou_threshold=None)
+    torch.testing.assert_close(all_w, torch.tensor([[5.0, 6.0], [0.0, 3.9], [0.0, 4.0]]))
+    with pytest.raises(ValueError, match="no candidate"):
+        top_k_windows(windows[:0], scores[:0], k=3, nms_iou_threshold=0.7)
 
 
 def test_nms_rejects_bad_threshold() -> None:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from cache_schema.fake import write_fake_cache
 from ground.cli import main as ground_main
-from ground.models.localglobal import GlobalContextBlock, LocalGlobalNet, assign_clips
+from ground.models.blocks import assign_clips
+from ground.models.localglobal import GlobalContextBlock, LocalGlobalNet
 
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "localglobal.yaml"
 TENSOR_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask")
