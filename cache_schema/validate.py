@@ -21,8 +21,8 @@ def validate(path: str | os.PathLike) -> list[str]:
         return [f"{path}: no such cache"]
     try:
         store = Store(path, "r")
-    except (OSError, ValueError) as err:
-        return [f"{path}: cannot be opened as a cache: {err}"]
+    except SchemaError as err:  # unreadable, or not an HDF5 file / Zarr group
+        return [str(err)]
     try:
         return _validate_store(path, store)
     finally:
