@@ -435,3 +435,22 @@ def test_a_kill_as_the_cache_appears_resumes_to_a_clean_run(
     assert_same_cache(out, reference, only_videos=["alpha", "bravo"])
     # Whatever the killed run left beside the cache is gone or was cleaned up.
     assert sorted(os.listdir(out_dir)) == sorted([out.name, failures_path(out).name, problems_path(out).name])
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_an_incomplete_cache_is_refused_in_one_line(
+    dataset: Path, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """What an older groundcache killed while creating its cache left: refused, untouched."""
+    monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the line at 80 columns
+    out = tmp_path / f"cache{suffix}"
+    if suffix == ".h5":
+        out.write_bytes(b"")
+    else:
+        out.mkdir()
+    config = write_config(tmp_path / "config.yaml", dataset, out)
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert str(out) in line and "--overwrite" in line and "Traceback" not in err
+    assert (out.stat().st_size == 0) if suffix == ".h5" else (list(out.iterdir()) == [])
