@@ -16,7 +16,9 @@ Layout (see docs/cache_schema.md for the full contract)::
 Commit protocol: an item's rows are written past the committed end of every array, flushed,
 and only then is the manifest count raised (and flushed). Readers never look past the manifest,
 so a killed writer leaves nothing that reads as complete; reopening for writing truncates the
-uncommitted tail and carries on.
+uncommitted tail and carries on. A new store is built complete (attributes, empty arrays,
+manifest) under a temporary name and renamed into place (``backends.create_store``), so a writer
+killed while creating it leaves no store at its path rather than one without a manifest.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from cache_schema.backends import Store
+from cache_schema.backends import NotAStoreError, Store, create_store, remove_store
 from cache_schema.spec import (
     SCHEMA_VERSION,
     EncoderSpec,
@@ -79,6 +81,43 @@ def check_version(path: str | os.PathLike, found: str | None) -> None:
         )
 
 
+def open_store(path: str | os.PathLike, mode: Literal["r", "r+"], compression: str | None = None) -> Store:
+    """Open a complete groundcache store: readable, of our major schema version, with a manifest.
+
+    Stores are created atomically (``backends.create_store``), so an incomplete one at a store's
+    path is a foreign file or was left by an older groundcache killed while creating it; either
+    way it holds no committed item, and it is refused rather than guessed at.
+
+    Raises:
+        FileNotFoundError: Nothing exists at ``path``.
+        NotAStoreError: ``path`` is not a complete groundcache store (a 0-byte or truncated HDF5
+            file, a Zarr folder without metadata or manifest, another program's file); the
+            one-line message names the path and how to recover.
+        SchemaVersionError: The store's major schema version is not ours.
+        SchemaError: The store cannot be opened (another process holds its HDF5 lock; no
+            permission).
+    """
+    recover = "delete it, or rebuild it with --overwrite"
+    try:
+        store = Store(path, mode, compression=compression)
+    except NotAStoreError as err:
+        raise NotAStoreError(f"{err}; not a groundcache store: {recover}") from err
+    try:
+        version = store.get_attr("schema_version")
+        if version is None:
+            raise NotAStoreError(f"{path}: not a groundcache store (no schema_version attribute): {recover}")
+        check_version(path, version)
+        manifest = store.get_attr("manifest")
+        if not (isinstance(manifest, dict) and {"videos", "queries"} <= manifest.keys()):
+            raise NotAStoreError(
+                f"{path}: incomplete groundcache store (no manifest; its creation was interrupted): {recover}"
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 class CacheWriter:
     """Appends videos and queries to a store, one atomic item (or query batch) at a time.
 
@@ -87,10 +126,16 @@ class CacheWriter:
         dataset: dataset name recorded in the metadata.
         encoders: specs of every encoder whose features will be written.
         mode: ``resume`` reopens an existing store (its encoders must match) and truncates any
-            uncommitted tail; ``overwrite`` deletes an existing store first; ``create`` refuses
-            an existing path.
+            uncommitted tail, or creates a missing one; ``overwrite`` deletes an existing store
+            first; ``create`` refuses an existing path.
         compression: None (default: embeddings barely compress, see docs/cache_schema.md),
             ``gzip``/``lzf`` for HDF5, ``zstd``/``lz4`` for Zarr.
+
+    Raises:
+        FileExistsError: ``mode="create"`` and ``path`` exists.
+        SchemaError: ``path`` holds something that is not a complete groundcache store (see
+            `open_store`), or a store with other encoders.
+        SchemaVersionError: ``path`` holds a store of another major schema version.
     """
 
     def __init__(
@@ -103,26 +148,26 @@ class CacheWriter:
         compression: str | None = None,
     ) -> None:
         self.path = Path(path)
-        exists = self.path.exists()
-        if exists and mode == "create":
+        if mode == "create" and self.path.exists():
             raise FileExistsError(f"{self.path}: cache already exists (use mode='resume' or 'overwrite')")
-        if exists and mode == "overwrite":
-            _remove_store(self.path)
-            exists = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._store = Store(self.path, "a", compression=compression)
         table = encoder_table(encoders)
-        if exists and self._store.get_attr("schema_version") is not None:
-            check_version(self.path, self._store.get_attr("schema_version"))
-            if self._store.get_attr("encoders") != table:
-                existing = _describe(self._store.get_attr("encoders"))
-                raise SchemaError(
-                    f"{self.path}: existing cache has encoders {existing}, "
-                    f"this run writes {_describe(table)}; use another path or mode='overwrite'"
-                )
-            self._truncate_uncommitted()
-        else:
-            self._initialize(dataset, table)
+        if mode == "overwrite":
+            remove_store(self.path)
+        if not self.path.exists():
+            # Built under a temporary name and renamed into place: a writer killed here leaves
+            # no store at `path`, never one without its manifest.
+            create_store(
+                self.path, lambda store: self._initialize(store, dataset, table), compression=compression
+            )
+        self._store = open_store(self.path, "r+", compression=compression)
+        if self._store.get_attr("encoders") != table:
+            existing = _describe(self._store.get_attr("encoders"))
+            self._store.close()
+            raise SchemaError(
+                f"{self.path}: existing cache has encoders {existing}, "
+                f"this run writes {_describe(table)}; use another path or mode='overwrite'"
+            )
+        self._truncate_uncommitted()
         self.encoders = {m: {n: EncoderSpec.from_dict(d) for n, d in t.items()} for m, t in table.items()}
         manifest = self._store.get_attr("manifest")
         self._n_videos, self._n_queries = manifest["videos"], manifest["queries"]
@@ -137,8 +182,9 @@ class CacheWriter:
         self._qids = {m["qid"] for m in self._query_meta}
 
     # -- set-up -----------------------------------------------------------------------------
-    def _initialize(self, dataset: str, table: dict[str, dict[str, dict]]) -> None:
-        s = self._store
+    @staticmethod
+    def _initialize(s: Store, dataset: str, table: dict[str, dict[str, dict]]) -> None:
+        """Write the attributes and empty arrays of a new store; the manifest last (the commit point)."""
         s.set_attr("schema_version", SCHEMA_VERSION)
         s.set_attr("dataset", dataset)
         s.set_attr(
@@ -366,7 +412,7 @@ class CacheWriter:
 
     def close(self) -> None:
         """Trim the spare capacity of every array to the committed rows, then close."""
-        if self._store.mode == "a" and not getattr(self, "_closed", False):
+        if self._store.mode == "r+" and not getattr(self, "_closed", False):
             self._truncate_uncommitted()
             self._closed = True
         self._store.close()
@@ -446,10 +492,9 @@ class CacheReader:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such cache")
-        self._store = Store(self.path, "r")
+        self._store = open_store(self.path, "r")
         s = self._store
         self.schema_version: str = s.get_attr("schema_version")
-        check_version(self.path, self.schema_version)
         self.dataset: str = s.get_attr("dataset")
         self.created: dict = s.get_attr("created")
         table = s.get_attr("encoders")
@@ -691,15 +736,6 @@ def _pad_saliency(qmeta: list[dict]) -> tuple[np.ndarray | None, np.ndarray]:
             sal = np.asarray(m["saliency"], dtype=np.float32)
             out[i, : sal.shape[0], : sal.shape[1]] = sal
     return out, clip_sec
-
-
-def _remove_store(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _describe(table: dict | None) -> str:

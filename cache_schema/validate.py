@@ -21,7 +21,7 @@ def validate(path: str | os.PathLike) -> list[str]:
         return [f"{path}: no such cache"]
     try:
         store = Store(path, "r")
-    except ValueError as err:  # CacheReadError (truncated, not HDF5/Zarr) or a bad suffix; names the path
+    except SchemaError as err:  # unreadable, or not an HDF5 file / Zarr group
         return [str(err)]
     try:
         return _validate_store(path, store)

@@ -59,6 +59,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from cache_schema.backends import remove_store
 from cache_schema.spec import EncoderSpec, Orientation, QueryItem, SchemaError, VideoItem, check_windows
 from cache_schema.store import CacheReader, CacheWriter
 from cache_schema.validate import validate
@@ -1000,15 +1001,6 @@ def ensure_dataset(config: ExtractConfig, ctx: DistContext) -> None:
         torch_dist.barrier()  # every rank, always: the others wait for rank 0's files
 
 
-def _remove_store(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def merge_shards(output: str | os.PathLike, world_size: int | None = None, *, remove: bool = True) -> int:
     """Merge shard stores into ``output`` in video-id order, validate it, then remove the shards.
 
@@ -1082,7 +1074,7 @@ def merge_shards(output: str | os.PathLike, world_size: int | None = None, *, re
         _write_jsonl(side_file(output), records)
     if remove:
         for shard in shards:
-            _remove_store(shard)
+            remove_store(shard)
             failures_path(shard).unlink(missing_ok=True)
             problems_path(shard).unlink(missing_ok=True)
     return added

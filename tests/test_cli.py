@@ -183,7 +183,7 @@ def test_extract_merge_without_shards_is_one_line(tmp_path: Path, capsys) -> Non
 
 def _other_major(src: Path, dst: Path) -> Path:
     shutil.copy(src, dst)
-    store = Store(dst, "a")
+    store = Store(dst, "r+")
     store.set_attr("schema_version", "2.0.0")
     store.close()
     return dst

@@ -26,7 +26,7 @@ def _item(vid: str, orientation: Orientation | None) -> VideoItem:
 
 def _rewrite_video_records(path: Path, edit) -> None:
     """Apply ``edit`` to every committed video record in place, bypassing the writer."""
-    store = Store(path, "a")
+    store = Store(path, "r+")
     offsets = store.read("videos/meta_offsets", 0, store.get_attr("manifest")["videos"])
     blob = store.read("videos/meta").tobytes()
     records = [edit(json.loads(blob[a:b])) for a, b in offsets]
@@ -58,7 +58,7 @@ def test_a_cache_written_before_orientation_still_reads_and_validates(cache_path
         return record
 
     _rewrite_video_records(cache_path, drop)
-    store = Store(cache_path, "a")
+    store = Store(cache_path, "r+")
     store.set_attr("schema_version", "1.0.0")
     store.close()
     assert validate(cache_path) == []

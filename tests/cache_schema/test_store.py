@@ -170,7 +170,7 @@ def test_writer_refuses_query_of_missing_video_and_duplicates(cache_path: Path) 
 
 def _tamper(path: Path, backend: str) -> None:
     """Plant one violation of each kind directly in the arrays, bypassing the writer."""
-    store = Store(path, "a")
+    store = Store(path, "r+")
     ts = store.read("video/fake_video0/timestamps")
     ts[1] = ts[0]  # vid00000: not increasing
     store.write("video/fake_video0/timestamps", 0, ts)
@@ -221,7 +221,7 @@ def test_inspect(cache_path: Path, backend: str, capsys) -> None:
 
 def test_version_guard_names_both_versions(cache_path: Path) -> None:
     write_fake_cache(cache_path, n_videos=1)
-    store = Store(cache_path, "a")
+    store = Store(cache_path, "r+")
     store.set_attr("schema_version", "2.0.0")
     store.close()
     with pytest.raises(SchemaVersionError, match=rf"2\.0\.0.*schema {SCHEMA_VERSION}"):
@@ -289,3 +289,183 @@ def test_crash_between_arrays_then_resume(cache_path: Path, tmp_path: Path, cras
             )
     total = resumed._store.nrows("video/fake_video0/features")
     assert total == 20  # the partial rows of the crashed write were truncated, not appended after
+
+
+# -- creating a store: atomic, and an incomplete one is refused -----------------------------------
+
+
+def _plant_incomplete(path: Path, kind: str) -> None:
+    """What an older groundcache killed while creating `path` (or another program) could leave."""
+    import h5py
+    import zarr
+
+    if kind == "empty_file":
+        path.write_bytes(b"")
+    elif kind == "truncated_hdf5":
+        write_fake_cache(path, n_videos=1)
+        path.write_bytes(path.read_bytes()[:96])  # the superblock, nothing after
+    elif kind == "hdf5_without_attrs":
+        h5py.File(path, "w").close()
+    elif kind == "hdf5_without_manifest":
+        with h5py.File(path, "w") as f:
+            f.attrs["schema_version"] = json.dumps(SCHEMA_VERSION)
+    elif kind == "empty_folder":
+        path.mkdir()
+    elif kind == "zarr_without_manifest":
+        zarr.open_group(store=str(path), mode="w-", zarr_format=3).attrs["schema_version"] = json.dumps(
+            SCHEMA_VERSION
+        )
+    else:
+        raise AssertionError(kind)
+
+
+INCOMPLETE = {
+    "hdf5": ["empty_file", "truncated_hdf5", "hdf5_without_attrs", "hdf5_without_manifest"],
+    "zarr": ["empty_folder", "zarr_without_manifest"],
+}
+
+
+@pytest.mark.parametrize(("backend", "kind"), [(b, k) for b, kinds in INCOMPLETE.items() for k in kinds])
+def test_an_incomplete_store_is_refused_in_one_line_naming_it(
+    tmp_path: Path, backend: str, kind: str, capsys
+) -> None:
+    path = tmp_path / ("cache.h5" if backend == "hdf5" else "cache.zarr")
+    _plant_incomplete(path, kind)
+    before = sorted(
+        (p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")
+    )
+    for attempt in (
+        lambda: CacheReader(path),
+        lambda: CacheWriter(path, dataset="unit", encoders=fake_encoders()),
+    ):
+        with pytest.raises(SchemaError) as info:
+            attempt()
+        message = str(info.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message
+        assert "--overwrite" in message and "Traceback" not in message
+    # Refusing touched nothing: the file or folder is exactly as planted.
+    after = sorted(
+        (p.relative_to(tmp_path), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*")
+    )
+    assert after == before
+    (problem,) = validate(path)
+    assert problem.startswith(f"{path}: ")
+    assert cache_main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: ") and "\n" not in err
+    # Overwriting recovers it.
+    with CacheWriter(path, dataset="unit", encoders=fake_encoders(), mode="overwrite") as w:
+        w.add_video(_video("a"))
+    assert validate(path) == []
+    assert CacheReader(path).video_ids == ["a"]
+
+
+_KILLED_CREATION = textwrap.dedent("""
+    # Create a store and die (like kill -9: no cleanup) at one step of its creation.
+    import os, sys
+    import cache_schema.backends as backends
+    from cache_schema import CacheWriter
+    from cache_schema.fake import fake_encoders
+
+    path, step = sys.argv[1], sys.argv[2]
+    created = [0]
+    original_create, original_replace = backends.Store.create, os.replace
+
+    def create(self, *args, **kwargs):
+        created[0] += 1
+        if step == "arrays" and created[0] == 3:
+            os._exit(9)
+        return original_create(self, *args, **kwargs)
+
+    def replace(src, dst):
+        if step == "rename":
+            os._exit(9)
+        return original_replace(src, dst)
+
+    original_init = backends.Store.__init__
+    def init(self, path, mode, compression=None):
+        original_init(self, path, mode, compression)
+        if step == "open" and mode == "w-":
+            os._exit(9)
+
+    backends.Store.create, backends.Store.__init__, os.replace = create, init, replace
+    CacheWriter(path, dataset="unit", encoders=fake_encoders()).close()
+""")
+
+
+@pytest.mark.parametrize("step", ["open", "arrays", "rename"])
+def test_a_creation_killed_at_any_step_leaves_no_store_and_resume_creates_it(
+    cache_path: Path, tmp_path: Path, step: str
+) -> None:
+    script = tmp_path / "killed_creation.py"
+    script.write_text(_KILLED_CREATION)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    killed = subprocess.run([sys.executable, str(script), str(cache_path), step], env=env)
+    assert killed.returncode == 9
+    assert not cache_path.exists()
+    (leftover,) = [
+        p for p in cache_path.parent.iterdir() if p.name.startswith(f".{cache_path.name}.creating.")
+    ]
+    assert leftover.name.endswith(cache_path.suffix)
+
+    with CacheWriter(cache_path, dataset="unit", encoders=fake_encoders()) as w:
+        w.add_video(_video("a"))
+        w.add_queries([_query("q", "a")])
+    assert not leftover.exists()  # the dead process's temporary was cleaned up
+    assert validate(cache_path) == []
+    with CacheReader(cache_path) as reader:
+        assert reader.video_ids == ["a"] and reader.query_ids == ["q"]
+
+
+def test_only_temporaries_of_dead_processes_on_this_host_are_cleaned(cache_path: Path) -> None:
+    import socket
+
+    from cache_schema.backends import remove_store
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid, host, name, suffix = int(dead.stdout), socket.gethostname(), cache_path.name, cache_path.suffix
+    leftovers = {
+        "dead": cache_path.with_name(f".{name}.creating.{dead_pid}@{host}{suffix}"),
+        "dead_removal": cache_path.with_name(f".{name}.removing.{dead_pid}@{host}{suffix}"),
+        "alive": cache_path.with_name(f".{name}.creating.{os.getppid()}@{host}{suffix}"),
+        "other_host": cache_path.with_name(f".{name}.creating.{dead_pid}@not-{host}{suffix}"),
+        "other_store": cache_path.with_name(f".other{suffix}.creating.{dead_pid}@{host}{suffix}"),
+    }
+    for leftover in leftovers.values():
+        _plant_incomplete(leftover, "empty_folder" if suffix == ".zarr" else "empty_file")
+    write_fake_cache(cache_path, n_videos=1)
+    remaining = {k for k, p in leftovers.items() if p.exists()}
+    assert remaining == {"alive", "other_host", "other_store"}
+    # Readers ignore what is left, and removing the store leaves no temporary of its own.
+    assert validate(cache_path) == []
+    remove_store(cache_path)
+    assert not cache_path.exists()
+    assert sorted(p.name for p in cache_path.parent.iterdir()) == sorted(leftovers[k].name for k in remaining)
+
+
+def test_a_store_locked_by_a_writer_is_not_called_incomplete(tmp_path: Path) -> None:
+    """Only what is not a store gets the 'delete it' advice, never a store another process writes."""
+    path = tmp_path / "cache.h5"
+    write_fake_cache(path, n_videos=1)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, h5py; f = h5py.File(sys.argv[1], 'r+'); print(1, flush=True); input()",
+            str(path),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "1"  # the file is open (and locked) now
+        with pytest.raises(SchemaError, match=f"{path}: in use by another process") as info:
+            CacheReader(path)
+        assert "--overwrite" not in str(info.value)
+    finally:
+        holder.communicate("\n")
+    assert CacheReader(path).video_ids == ["vid00000"]

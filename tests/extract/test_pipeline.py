@@ -84,11 +84,14 @@ def write_config(path: Path, root: Path, output: Path, **fields: object) -> Path
     return path
 
 
-def assert_same_cache(a: Path, b: Path) -> None:
-    """Same videos, queries and bit-identical (fp16) features."""
+def assert_same_cache(a: Path, b: Path, only_videos: list[str] | None = None) -> None:
+    """Same videos, queries and bit-identical (fp16) features (of `only_videos` of b, if given)."""
     with CacheReader(a) as ra, CacheReader(b) as rb:
-        assert sorted(ra.video_ids) == sorted(rb.video_ids)
-        assert sorted(ra.query_ids) == sorted(rb.query_ids)
+        vids_b = rb.video_ids if only_videos is None else only_videos
+        assert sorted(ra.video_ids) == sorted(vids_b)
+        assert sorted(ra.query_ids) == sorted(
+            q for q in rb.query_ids if rb.query(q, features=False).vid in vids_b
+        )
         for vid in ra.video_ids:
             np.testing.assert_array_equal(ra.video_features(vid, ENCODER), rb.video_features(vid, ENCODER))
             np.testing.assert_array_equal(
@@ -383,3 +386,71 @@ def test_a_decoder_segfault_fails_only_its_video(
     assert main(["--config", str(config)]) == 0
     with CacheReader(out) as reader:
         assert sorted(reader.video_ids) == ["alpha", "bravo", "charlie", "delta", "echo"]
+
+
+# Delay 0 kills while the store is being created (this is the case that once left a 0-byte HDF5
+# file); the longer delays, run with -m slow, land just after its creation.
+@pytest.mark.parametrize(
+    "delay_sec",
+    [0.0, pytest.param(0.005, marks=pytest.mark.slow), pytest.param(0.02, marks=pytest.mark.slow)],
+)
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_a_kill_as_the_cache_appears_resumes_to_a_clean_run(
+    reference: Path, dataset: Path, tmp_path: Path, suffix: str, delay_sec: float
+) -> None:
+    """SIGKILL `delay_sec` after the store (or anything named after it) first appears on disk.
+
+    Before stores were created atomically, this left a 0- or 96-byte HDF5 file or a Zarr folder
+    without a manifest, and every resume refused it with a traceback.
+    """
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"cache{suffix}"
+    config = write_config(tmp_path / "config.yaml", dataset, out)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extract", "--config", str(config), "--limit", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        appeared: list[str] = []
+        while not appeared and proc.poll() is None:
+            appeared = [n for n in os.listdir(out_dir) if n.startswith((out.name, f".{out.name}"))]
+            time.sleep(0.001)
+        assert appeared, f"the run ended before creating its cache: {proc.stderr.read().decode()[-2000:]}"
+        time.sleep(delay_sec)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    # At the cache's path: nothing, or a complete store.
+    assert not out.exists() or validate(out) == []
+
+    assert main(["--config", str(config), "--limit", "2"]) == 0
+    assert validate(out) == []
+    assert_same_cache(out, reference, only_videos=["alpha", "bravo"])
+    # Whatever the killed run left beside the cache is gone or was cleaned up.
+    assert sorted(os.listdir(out_dir)) == sorted([out.name, failures_path(out).name, problems_path(out).name])
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_an_incomplete_cache_is_refused_in_one_line(
+    dataset: Path, tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """What an older groundcache killed while creating its cache left: refused, untouched."""
+    monkeypatch.setenv("COLUMNS", "1000")  # rich would fold the line at 80 columns
+    out = tmp_path / f"cache{suffix}"
+    if suffix == ".h5":
+        out.write_bytes(b"")
+    else:
+        out.mkdir()
+    config = write_config(tmp_path / "config.yaml", dataset, out)
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert str(out) in line and "--overwrite" in line and "Traceback" not in err
+    assert (out.stat().st_size == 0) if suffix == ".h5" else (list(out.iterdir()) == [])
