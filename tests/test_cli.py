@@ -201,7 +201,7 @@ def test_cache_schema_inspect_truncated_cache_is_one_line(tmp_path: Path, capsys
     half = _truncated(cache, tmp_path / "half.h5")
     assert cache_cli.main(["inspect", str(half)]) == 2
     line = one_error_line(capsys)
-    assert str(half) in line and "cannot be opened as a cache" in line
+    assert str(half) in line and "cannot be opened as an HDF5 store" in line
     assert cache_cli.main(["validate", str(half)]) == 1  # validate reports it as a violation
     assert str(half) in capsys.readouterr().out
 
@@ -269,7 +269,7 @@ def test_ground_lightning_commands_on_a_bad_cache(
     if kind == "other_major":
         assert "2.0.0" in line and "major versions 2 and 1 differ" in line
     else:
-        assert "cannot be opened as a cache" in line
+        assert "cannot be opened as an HDF5 store" in line
     assert not (tmp_path / "pred.jsonl").exists()
 
 
@@ -279,7 +279,7 @@ def test_ground_video_on_a_truncated_cache(trained: tuple[Path, Path], tmp_path:
     argv = ["ground-video", "--ckpt", str(ckpt), "--cache", str(half), "--video", "vid00000", "--query", "x"]
     assert ground_cli.main(argv) == 2
     line = one_error_line(capsys)
-    assert str(half) in line and "cannot be opened as a cache" in line
+    assert str(half) in line and "cannot be opened as an HDF5 store" in line
 
 
 def _expect_both_encoder_sets(line: str, ckpt: Path, other: Path) -> None:

@@ -350,7 +350,7 @@ def test_an_incomplete_store_is_refused_in_one_line_naming_it(
     assert after == before
     (problem,) = validate(path)
     assert problem.startswith(f"{path}: ")
-    assert cache_main(["inspect", str(path)]) == 1
+    assert cache_main(["inspect", str(path)]) == 2  # bad input: one line, exit 2 (the CLI error boundary)
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {path}: ") and "\n" not in err
     # Overwriting recovers it.
