@@ -27,7 +27,7 @@ extract: $(STAMP)
 	$(PY) -m extract --config extract/configs/$(DATASET).yaml $(ARGS)
 
 train: $(STAMP)
-	$(PY) -m ground fit --data ground/configs/data/$(DATASET).yaml --model ground/configs/model/$(MODEL).yaml $(ARGS)
+	$(PY) -m ground fit --config ground/configs/data/$(DATASET).yaml --model ground/configs/model/$(MODEL).yaml $(ARGS)
 
 data: $(STAMP)
 	$(PY) -m extract.datasets info $(DATASET)

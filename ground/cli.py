@@ -1,12 +1,16 @@
 """`python -m ground`: fit / validate / test / predict on LightningCLI, plus eval and demo.
 
-    python -m ground fit --data ground/configs/data/synthetic.yaml --model ground/configs/model/span.yaml
+    python -m ground fit --config ground/configs/data/synthetic.yaml --model ground/configs/model/span.yaml
     python -m ground test --data ... --model ... --ckpt_path runs/synthetic/span/checkpoints/best.ckpt
     python -m ground predict --data ... --model ... --ckpt_path ... --out predictions.jsonl
     python -m ground eval --submission PRED.jsonl --gt GT.jsonl [--out metrics.json]
     python -m ground demo
 
-Feature dims are linked from the data module (the cache's encoder table) into the model.
+Feature dims are linked from the data module (the cache's encoder table) into the model. A data
+config (ground/configs/data/<dataset>.yaml) is a full config: the `data` arguments plus the
+dataset's training recipe (`trainer.max_epochs`, `model.lr`, `data.batch_size`; docs/models.md).
+A fit must have an epoch or step limit for the learning-rate schedule to span
+(`ground.module.check_stopping_rule`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,18 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ground.data import GroundingDataModule
-from ground.module import GroundingModule
+from ground.module import GroundingModule, check_stopping_rule
 
 MONITOR = "val/MR-full-R1@0.5"
 
 
 class GroundCLI(LightningCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        # `run_lightning` passes every argument through `args`, so sys.argv is never read and
+        # LightningCLI's warning about receiving both (emitted whenever sys.argv has arguments)
+        # would fire on every command-line call for nothing.
+        self.config = parser.parse_args(args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")
         parser.link_arguments("data.text_dim", "model.text_dim", apply_on="instantiate")
@@ -41,6 +51,8 @@ class GroundCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         dataset = Path(config.data.cache).parent.name or "cache"
         trainer = config.trainer
+        if self.subcommand == "fit" and not trainer.fast_dev_run:
+            check_stopping_rule(trainer.max_epochs, trainer.max_steps)
         if trainer.default_root_dir is None:
             trainer.default_root_dir = str(Path(config.run_dir) / dataset / config.model.name)
         root = Path(trainer.default_root_dir)
@@ -101,6 +113,11 @@ class CollectPredictions(Callback):
 
 
 def run_lightning(argv: list[str]) -> int:
+    """fit / validate / test / predict with LightningCLI on `argv` (sys.argv is not read).
+
+    Raises:
+        ground.module.StoppingRuleError: a fit without an epoch or step limit.
+    """
     GroundCLI(
         GroundingModule,
         GroundingDataModule,
