@@ -1,8 +1,8 @@
 """`python -m ground`: fit / validate / test / predict on LightningCLI, plus eval and demo.
 
     python -m ground fit --config ground/configs/data/synthetic.yaml --model ground/configs/model/span.yaml
-    python -m ground test --data ... --model ... --ckpt_path runs/synthetic/span/checkpoints/best.ckpt
-    python -m ground predict --data ... --model ... --ckpt_path ... --out predictions.jsonl
+    python -m ground test --config ... --model ... --ckpt_path runs/synthetic/span/checkpoints/best.ckpt
+    python -m ground predict --config ... --model ... --ckpt_path ... --out predictions.jsonl
     python -m ground eval --submission PRED.jsonl --gt GT.jsonl [--out metrics.json]
     python -m ground demo
 

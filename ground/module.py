@@ -37,7 +37,9 @@ def check_stopping_rule(max_epochs: int | None, max_steps: int | None) -> None:
     `max_epochs` or `max_steps` (both: whichever ends first). `max_time` and an `EarlyStopping`
     callback still stop a run sooner, but they cannot say how many steps it will have: alone
     they are refused, as is an unset `max_epochs` (Lightning would pick 1000 epochs and stretch
-    the schedule over all of them) and `max_epochs=-1` without `max_steps`.
+    the schedule over all of them) and `max_epochs=-1` without `max_steps`. `ground.cli` checks
+    the parsed flags, before Lightning fills in its 1000; `configure_optimizers` checks the
+    Trainer's limits again for runs built in Python.
 
     Args:
         max_epochs: the Trainer's `max_epochs` (None: not set; -1: no limit).
@@ -61,7 +63,8 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: 
     """Learning-rate factor at optimizer step `step` (0-based): linear warmup, then cosine.
 
     Rises linearly to 1 over `warmup_steps`, then decays along a half cosine to `min_lr_ratio`,
-    which it reaches at `step == total_steps` and keeps after.
+    which it reaches at `step == total_steps` (the factor left after the run's last step) and
+    keeps after.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -80,7 +83,7 @@ class GroundingModule(L.LightningModule):
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_fraction: fraction of the training steps with linear warmup before cosine decay.
-        min_lr_ratio: learning rate at the last step, as a fraction of `lr`. The schedule spans the
+        min_lr_ratio: learning rate after the last step, as a fraction of `lr`. The schedule spans the
             run's total optimizer steps (`max_epochs` x batches per epoch, or `max_steps` when that
             ends first); see `check_stopping_rule`.
         top_k: windows decoded per query (R@5 and mAP need at least 5 and up to 10).

@@ -1,11 +1,11 @@
 """The one torch thread policy of every `python -m ground` command.
 
 Each command runs torch with one intra-op thread unless `$GROUNDCACHE_TORCH_THREADS` gives
-another count. Measured on the project's 2-core machine (docs/benchmarks.md, "Threads"):
-training `span` on one thread runs at a steady rate, while torch's default of one thread per
-core is faster only while nothing else runs and several times slower as soon as another
-process wants a core. GPU training gathers its batches on the GPU, so the CPU thread count
-hardly matters there; set the variable for CPU work on a machine of your own with idle cores.
+another count; `ground/__main__.py` applies it once, before the command starts. Measured on the
+project's shared 2-core machine (docs/benchmarks.md, "Threads"): with other processes competing
+for the cores, training `span` ran twice as fast on one thread as on two; two threads win only
+on an otherwise idle machine. GPU training gathers its batches on the GPU, so the CPU thread
+count hardly matters there; set the variable for CPU work on a machine with idle cores.
 """
 
 from __future__ import annotations

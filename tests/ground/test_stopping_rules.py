@@ -261,3 +261,12 @@ def test_thread_policy_defaults_to_one_and_reads_the_variable() -> None:
             torch_threads({ENV_VAR: bad})
     assert apply_thread_policy({ENV_VAR: "2"}) == 2
     assert torch.get_num_threads() == 2
+
+
+def test_report_reads_the_data_section_of_a_data_config(cache: Path) -> None:
+    from ground.report import load_data
+
+    data = load_data(REPO_ROOT / "ground" / "configs" / "data" / "charades_sta.yaml", cache, batch_size=4)
+    assert data.hparams.val_split == "test"  # Charades-STA's config: no val split
+    assert data.hparams.length_buckets == "short=0:6,middle=6:9,long=9:86400"
+    assert data.cache == cache
