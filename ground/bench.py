@@ -5,6 +5,13 @@ SlowFast 2304 at 2-s clips), 32 text tokens of 512, the `span` model with its co
 steady-state training samples/s over `--steps` optimizer steps (after warm-up steps), peak
 memory (process RSS on CPU, `torch.cuda.max_memory_allocated` on GPU), and the projected time for
 `--epochs` epochs. With `--full-epochs` it trains that many real epochs and reports the wall time.
+On CPU it also reports the process's CPU seconds per step and the epoch they add up to: with one
+thread, the time a dedicated core would take, which stays meaningful on a busy shared machine.
+
+`--epoch-queries` projects the epoch of a training split larger than the cache written here (a
+benchmark's real split size with a cache of a few hundred videos of its shape): the step time
+depends on the batch's shape, not on how many videos the cache holds. Torch threads follow the
+policy of every command (`ground.threads`: 1, or `$GROUNDCACHE_TORCH_THREADS`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import yaml
 from cache_schema.fake import write_fake_cache
 from ground.data import GroundingDataModule
 from ground.models import build_model
+from ground.threads import apply_thread_policy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,10 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=200, help="epochs to project the training time for")
+    parser.add_argument(
+        "--epoch-queries",
+        type=int,
+        default=None,
+        help="training queries per projected epoch (default: the cache's, --queries)",
+    )
     parser.add_argument("--full-epochs", type=int, default=0, help="really train this many epochs (GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", type=Path, default=REPO / "data" / "bench")
     args = parser.parse_args(argv)
+    threads = apply_thread_policy()
 
     cache = args.workdir / f"train_{args.queries}x{args.clips}x{args.video_dim}.h5"
     if not cache.exists():
@@ -75,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
     n = len(split)
-    steps_per_epoch = -(-n // args.batch_size)
+    epoch_queries = args.epoch_queries or n
+    steps_per_epoch = -(-epoch_queries // args.batch_size)
 
     def step() -> None:
         idx = torch.randint(0, n, (args.batch_size,), generator=gen)
@@ -96,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     sync()
     step_sec = (time.perf_counter() - t0) / args.steps
+    # CPU seconds of this process per step: on a machine shared with other work, the step time a
+    # dedicated core would give (with one thread), where the wall time measures the contention.
+    step_cpu_sec = (time.process_time() - cpu0) / args.steps
     samples_per_sec = args.batch_size / step_sec
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -117,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         full = f"{args.full_epochs} real epochs: {time.perf_counter() - t0:.1f} s"
 
     params = sum(p.numel() for p in net.parameters())
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{threads} threads"
     print(
         f"\nmachine: {platform.node()} {platform.machine()}, device {device} "
         f"({where}), "
@@ -125,15 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"model {args.model} ({params / 1e6:.2f} M params), {n} queries x T={args.clips} x {args.video_dim}, "
-        f"text {args.tokens} x {args.text_dim}, batch {args.batch_size}\n"
+        f"text {args.tokens} x {args.text_dim}, batch {args.batch_size}, "
+        f"epoch of {epoch_queries} queries ({steps_per_epoch} steps)\n"
     )
-    print(f"| model | device | samples/s | step ms | peak memory MiB | projected {args.epochs} epochs |")
-    print("|---|---|---|---|---|---|")
+    columns = ["model", "device", "samples/s", "step ms", "CPU s/step", "peak memory MiB", "epoch s"]
+    print("| " + " | ".join([*columns, f"projected {args.epochs} epochs"]) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     print(
-        f"| {args.model} | {device.type} | {samples_per_sec:.0f} | {step_sec * 1e3:.1f} | "
-        f"{peak:.0f} ({peak_what}) | "
+        f"| {args.model} | {device.type} | {samples_per_sec:.1f} | {step_sec * 1e3:.1f} | "
+        f"{step_cpu_sec:.2f} | {peak:.0f} ({peak_what}) | {steps_per_epoch * step_sec:.0f} | "
         f"{args.epochs * steps_per_epoch * step_sec / 60:.1f} min |"
     )
+    if device.type == "cpu":
+        cpu_epoch_sec = steps_per_epoch * step_cpu_sec
+        print(
+            f"CPU time: {cpu_epoch_sec:.0f} s per epoch, {args.epochs * cpu_epoch_sec / 3600:.1f} h for "
+            f"{args.epochs} epochs"
+        )
     if full:
         print(full)
     return 0

@@ -6,7 +6,12 @@
     python -m ground eval --submission PRED.jsonl --gt GT.jsonl [--out metrics.json]
     python -m ground demo
 
-Feature dims are linked from the data module (the cache's encoder table) into the model.
+Feature dims are linked from the data module (the cache's encoder table) into the model. A data
+config (ground/configs/data/<dataset>.yaml) is a full config: the `data` arguments plus the
+dataset's training recipe (`trainer.max_epochs`, `model.lr`, `data.batch_size`; docs/models.md);
+`--data FILE` and `--config FILE` both take it whole (`full_data_configs_first`).
+A fit must have an epoch or step limit for the learning-rate schedule to span
+(`ground.module.check_stopping_rule`).
 `python -m ground --help` lists every command. Bad input (a cache of another schema version, a
 truncated cache, a checkpoint trained on other encoders, ...) stops a command with one `error:`
 line naming the item and exit status 2 (`cache_schema.cli.error_boundary`).
@@ -15,7 +20,6 @@ line naming the item and exit status 2 (`cache_schema.cli.error_boundary`).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,13 +30,19 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
-from ground.module import GroundingModule
+from ground.module import GroundingModule, check_stopping_rule
 
 MONITOR = "val/MR-full-R1@0.5"
 PROG = "python -m ground"
 
 
 class GroundCLI(LightningCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        # `run_lightning` passes every argument through `args`, so sys.argv is never read and
+        # LightningCLI's warning about receiving both (emitted whenever sys.argv has arguments)
+        # would fire on every command-line call for nothing.
+        self.config = parser.parse_args(args)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")
         parser.link_arguments("data.text_dim", "model.text_dim", apply_on="instantiate")
@@ -46,6 +56,8 @@ class GroundCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         dataset = Path(config.data.cache).parent.name or "cache"
         trainer = config.trainer
+        if self.subcommand == "fit" and not trainer.fast_dev_run:
+            check_stopping_rule(trainer.max_epochs, trainer.max_steps)
         if trainer.default_root_dir is None:
             trainer.default_root_dir = str(Path(config.run_dir) / dataset / config.model.name)
         root = Path(trainer.default_root_dir)
@@ -106,17 +118,55 @@ class CollectPredictions(Callback):
 
 
 def run_lightning(argv: list[str]) -> int:
+    """fit / validate / test / predict with LightningCLI on `argv` (sys.argv is not read).
+
+    Raises:
+        ground.module.StoppingRuleError: a fit without an epoch or step limit.
+    """
     GroundCLI(
         GroundingModule,
         GroundingDataModule,
-        # From the shell argv is sys.argv[1:]; passing it again makes Lightning warn about "both".
-        args=None if argv == sys.argv[1:] else argv,
+        args=full_data_configs_first(argv),
         trainer_defaults=_trainer_defaults(),
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"default_env": False, "prog": PROG},
     )
     return 0
+
+
+def full_data_configs_first(argv: list[str]) -> list[str]:
+    """Read `--data FILE` as `--config FILE` when FILE is a full config (a data config with its recipe).
+
+    The data configs in ground/configs/data/ hold `data:`, `model:` and `trainer:` sections, so
+    `--data ground/configs/data/qvhighlights.yaml` (the README's form) and `--config ...` (the same
+    file) mean the same thing. A full config goes first, right after the subcommand, so that every
+    other argument overrides it whatever its position; a file of data arguments alone stays `--data`.
+    """
+    import yaml
+
+    rest: list[str] = []
+    configs: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        path = None
+        if arg == "--data" and i + 1 < len(argv):
+            path, step = argv[i + 1], 2
+        elif arg.startswith("--data="):
+            path, step = arg.removeprefix("--data="), 1
+        if path is not None and path.endswith((".yaml", ".yml")) and Path(path).is_file():
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            if isinstance(loaded, dict) and "data" in loaded:
+                configs += ["--config", path]
+                i += step
+                continue
+        rest.append(arg)
+        i += 1
+    if not configs:
+        return list(argv)
+    head = 1 if rest and not rest[0].startswith("-") else 0  # the subcommand (fit, test, ...)
+    return rest[:head] + configs + rest[head:]
 
 
 def write_predictions(path: Path, rows: list[dict], datamodule: GroundingDataModule) -> None:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -97,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     # Lightning prints its hardware banner for every Trainer; the demo builds several.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    # Small tensors: one intra-op thread is as fast as two and immune to oversubscription.
-    torch.set_num_threads(1)
 
     if not (args.data_dir / "annotations.jsonl").exists():
         _run(

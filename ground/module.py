@@ -2,7 +2,8 @@
 
 The module never branches on the model: it calls `net(batch)`, `net.loss(output, batch)` and
 `net.decode(output, batch, k)` (docs/architecture.md). Optimisation is AdamW with linear warmup
-and cosine decay per step; gradient clipping and precision are Trainer settings.
+and cosine decay per step over the run's total optimizer steps, which the Trainer's epoch or step
+limit gives (`check_stopping_rule`); gradient clipping and precision are Trainer settings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from cache_schema.errors import GroundcacheError
 from ground.errors import CheckpointError, check_trained_encoders
 from ground.metrics import MomentRetrievalMetric, parse_length_buckets
 from ground.models import build_model
@@ -24,6 +26,52 @@ from ground.models.blocks import Predictions, nms_1d
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; the message names the batch's query ids."""
+
+
+class StoppingRuleError(GroundcacheError, ValueError):
+    """A fit has no epoch or step limit for the learning-rate schedule to span; names the flag to add."""
+
+
+def check_stopping_rule(max_epochs: int | None, max_steps: int | None) -> None:
+    """Raise unless a fit's total optimizer steps are known before it starts.
+
+    The warmup + cosine schedule decays over the run's total steps, so a fit needs a finite
+    `max_epochs` or `max_steps` (both: whichever ends first). `max_time` and an `EarlyStopping`
+    callback still stop a run sooner, but they cannot say how many steps it will have: alone
+    they are refused, as is an unset `max_epochs` (Lightning would pick 1000 epochs and stretch
+    the schedule over all of them) and `max_epochs=-1` without `max_steps`. `ground.cli` checks
+    the parsed flags, before Lightning fills in its 1000; `configure_optimizers` checks the
+    Trainer's limits again for runs built in Python.
+
+    Args:
+        max_epochs: the Trainer's `max_epochs` (None: not set; -1: no limit).
+        max_steps: the Trainer's `max_steps` (None or -1: no limit).
+
+    Raises:
+        StoppingRuleError: naming `--trainer.max_epochs` and `--trainer.max_steps`.
+    """
+    epochs_bounded = max_epochs is not None and max_epochs >= 0
+    steps_bounded = max_steps is not None and max_steps >= 0
+    if not (epochs_bounded or steps_bounded):
+        raise StoppingRuleError(
+            f"fit needs --trainer.max_epochs N or --trainer.max_steps N (got max_epochs={max_epochs}, "
+            f"max_steps={max_steps}): the learning-rate schedule decays over the run's total steps. "
+            "The data configs under ground/configs/data/ set a measured max_epochs; max_time and "
+            "EarlyStopping may still stop the run sooner"
+        )
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate factor at optimizer step `step` (0-based): linear warmup, then cosine.
+
+    Rises linearly to 1 over `warmup_steps`, then decays along a half cosine to `min_lr_ratio`,
+    which it reaches at `step == total_steps` (the factor left after the run's last step) and
+    keeps after.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class GroundingModule(L.LightningModule):
@@ -37,7 +85,9 @@ class GroundingModule(L.LightningModule):
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_fraction: fraction of the training steps with linear warmup before cosine decay.
-        min_lr_ratio: final learning rate as a fraction of `lr`.
+        min_lr_ratio: learning rate after the last step, as a fraction of `lr`. The schedule spans the
+            run's total optimizer steps (`max_epochs` x batches per epoch, or `max_steps` when that
+            ends first); see `check_stopping_rule`.
         top_k: windows decoded per query (R@5 and mAP need at least 5 and up to 10).
         eval_max_clips: videos longer than this many clips are evaluated with sliding windows whose
             predictions are merged (None: whole videos at once).
@@ -70,6 +120,7 @@ class GroundingModule(L.LightningModule):
         self.val_metric = MomentRetrievalMetric(length_buckets=buckets)
         self.test_metric = MomentRetrievalMetric(length_buckets=buckets)
         self.encoder_record: dict | None = None
+        self.lr_schedule: dict | None = None
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -98,17 +149,15 @@ class GroundingModule(L.LightningModule):
             ],
             lr=self.hparams.lr,
         )
+        check_stopping_rule(self.trainer.max_epochs, self.trainer.max_steps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.hparams.warmup_fraction * total)
+        # Kept for the checkpoint, so a run can be checked to have spanned its schedule.
+        self.lr_schedule = {"total_steps": total, "warmup_steps": warmup}
         floor = self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup, floor)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation -------------------------------------------------------------------------
@@ -216,7 +265,7 @@ class GroundingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain data only, so checkpoints load with torch.load(weights_only=True).
-        checkpoint["groundcache"] = {"encoders": self.encoder_record}
+        checkpoint["groundcache"] = {"encoders": self.encoder_record, "lr_schedule": self.lr_schedule}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the encoder record; refuse a checkpoint whose encoders differ from the cache's.

@@ -613,7 +613,10 @@ Metrics in percent (retrieval_metrics, as <code>python -m ground test</code>).</
 def load_data(
     data_config: str | Path | None, cache: str | Path | None, batch_size: int
 ) -> GroundingDataModule:
-    """A data module from a data YAML (GroundingDataModule arguments), a cache path, or both (cache wins).
+    """A data module from a data YAML, a cache path, or both (cache wins).
+
+    The YAML is a full config whose `data` section holds GroundingDataModule arguments
+    (ground/configs/data/*.yaml), or those arguments alone.
 
     Raises:
         GroundingInputError: (a ValueError) naming the file when the YAML is not a mapping of known
@@ -622,6 +625,8 @@ def load_data(
     config: dict = {}
     if data_config is not None:
         loaded = yaml.safe_load(Path(data_config).read_text())
+        if isinstance(loaded, dict) and isinstance(loaded.get("data"), dict):  # a full config's data section
+            loaded = loaded["data"]
         if isinstance(loaded, dict) and "init_args" in loaded:  # LightningCLI's class_path form
             loaded = loaded["init_args"]
         if not isinstance(loaded, dict):

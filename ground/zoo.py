@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cache.exists():
         raise SystemExit(f"{args.cache}: no cache; run `make demo` (or make extract DATASET=synthetic) first")
 
-    torch.set_num_threads(1)  # small models: see ground/demo.py
     data = GroundingDataModule(str(args.cache), batch_size=16)
     names = args.models or list_models()
     rows = []

@@ -79,7 +79,7 @@ def test_tiny_real_cache_trains(
             "(set GROUNDCACHE_SHARED_DATA to the shared data folder)"
         )
     data_config = REPO_ROOT / "ground" / "configs" / "data" / f"{dataset}.yaml"
-    config = yaml.safe_load(data_config.read_text())
+    config = yaml.safe_load(data_config.read_text())["data"]
     splits = {config["train_split"], config["val_split"], config["test_split"]}
     rows = pick_rows(load_dataset(dataset, split=sorted(splits)).rows, splits)
     assert {row.split for row in rows} == splits
@@ -107,7 +107,7 @@ def test_tiny_real_cache_trains(
     code = ground_main(
         [
             "fit",
-            "--data",
+            "--config",
             str(data_config),
             "--data.cache",
             str(cache),
@@ -145,4 +145,4 @@ def test_extract_config_writes_the_cache_its_data_config_reads(name: str) -> Non
     data_path = REPO_ROOT / "ground" / "configs" / "data" / f"{name}.yaml"
     if name == "custom":  # the user's own videos: the data config is theirs to write
         return
-    assert yaml.safe_load(data_path.read_text())["cache"] == config.output
+    assert yaml.safe_load(data_path.read_text())["data"]["cache"] == config.output
