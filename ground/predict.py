@@ -238,7 +238,9 @@ class Grounder:
 
         Raises:
             FileNotFoundError: no such checkpoint.
-            KeyError: the checkpoint lacks its hyperparameters or its encoder record.
+            CheckpointError: the checkpoint does not rebuild a GroundingModule
+                (`ground.module.load_checkpoint`).
+            KeyError: the checkpoint lacks its encoder record.
             EncoderMismatchError: `cache` holds features of other encoders.
         """
         path = Path(path)
