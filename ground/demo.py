@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (validation runs every second epoch), got {args.epochs}")
+    # The extract steps run from the repository root; the user's relative paths mean their own folder.
+    data_dir, run_dir = args.data_dir.resolve(), args.run_dir.resolve()
     console = Console(width=110)
     # Lightning prints its hardware banner for every Trainer; the demo builds several.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -100,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     # Small tensors: one intra-op thread is as fast as two and immune to oversubscription.
     torch.set_num_threads(1)
 
-    if not (args.data_dir / "annotations.jsonl").exists():
+    if not (data_dir / "annotations.jsonl").exists():
         _run(
             console,
             "1/4 generate the synthetic dataset",
-            [sys.executable, "-m", "extract", "synthetic", "--out", str(args.data_dir)],
+            [sys.executable, "-m", "extract", "synthetic", "--out", str(data_dir)],
         )
-    cache = args.data_dir / "cache.h5"
+    cache = data_dir / "cache.h5"
     # The config's paths are data/synthetic/...; --data-dir moves all three, or the demo would
     # extract the default folder and then train on a cache it never wrote.
     _run(
@@ -119,18 +121,18 @@ def main(argv: list[str] | None = None) -> int:
             "--config",
             str(REPO / "extract" / "configs" / "synthetic.yaml"),
             "--annotations",
-            str((args.data_dir / "annotations.jsonl").resolve()),
+            str(data_dir / "annotations.jsonl"),
             "--video_root",
-            str(args.data_dir.resolve()),
+            str(data_dir),
             "--output",
-            str(cache.resolve()),
+            str(cache),
         ],
     )
     _run(console, "   validate the cache", [sys.executable, "-m", "cache_schema", "validate", str(cache)])
 
     console.rule("[bold]3/4 train span")
     data = GroundingDataModule(str(cache), batch_size=16)
-    model, best = train_span(data, args.run_dir, args.epochs)
+    model, best = train_span(data, run_dir, args.epochs)
 
     console.rule("[bold]4/4 test split: span vs baselines")
     rows = {"span (trained)": _test(model, data, ckpt=str(best))}
