@@ -31,6 +31,8 @@ SHOWN = (
     "MR-full-mAP",
 )
 BASELINES = ("random", "centered", "prior", "zeroshot")
+DEMO_SPAN = {"hidden_dim": 128, "num_layers": 2, "num_heads": 4, "dropout": 0.1}
+"""The demo's `span` arguments: smaller than ground/configs/model/span.yaml, so 30 CPU epochs take minutes."""
 
 
 def _run(console: Console, title: str, cmd: list[str]) -> None:
@@ -51,21 +53,24 @@ def _test(module: GroundingModule, data: GroundingDataModule, ckpt: str | None =
 
 
 def train_span(
-    cache: Path, run_dir: Path, *, epochs: int, seed: int
-) -> tuple[GroundingModule, GroundingDataModule, str]:
-    """Train the demo's `span` on `cache`; returns the module, its data and the best checkpoint's path.
+    data: GroundingDataModule, run_dir: Path, *, epochs: int, seed: int = 0
+) -> tuple[GroundingModule, Path]:
+    """Train the demo's `span` (`DEMO_SPAN`) on `data`; validation every second epoch picks the best.
 
     The same seed on the same cache gives the same weights: seeded sampling and dropout,
-    deterministic kernels, and the one-thread policy the caller sets.
+    deterministic kernels, and the one-thread policy (`ground.threads`).
+
+    Returns:
+        The trained module and its best checkpoint, `run_dir/checkpoints/best.ckpt`.
+
+    Raises:
+        ValueError: `epochs` < 2, so no validation ran and no checkpoint was written.
     """
+    if epochs < 2:
+        raise ValueError(f"demo: --epochs must be >= 2 (validation runs every second epoch), got {epochs}")
     L.seed_everything(seed, verbose=False)
-    data = GroundingDataModule(str(cache), batch_size=16)
     model = GroundingModule(
-        name="span",
-        video_dim=data.video_dim,
-        text_dim=data.text_dim,
-        lr=1e-3,
-        hparams={"hidden_dim": 128, "num_layers": 2, "num_heads": 4, "dropout": 0.1},
+        name="span", video_dim=data.video_dim, text_dim=data.text_dim, lr=1e-3, hparams=DEMO_SPAN
     )
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         monitor="val/MR-full-R1@0.5", mode="max", dirpath=Path(run_dir) / "checkpoints", filename="best"
@@ -82,7 +87,7 @@ def train_span(
         deterministic=True,
     )
     trainer.fit(model, datamodule=data)
-    return model, data, checkpoint.best_model_path
+    return model, Path(checkpoint.best_model_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,34 +97,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the dataset itself is fixed)")
     args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error(f"--epochs must be >= 2 (validation runs every second epoch), got {args.epochs}")
+    # The extract steps run from the repository root; the user's relative paths mean their own folder.
+    data_dir, run_dir = args.data_dir.resolve(), args.run_dir.resolve()
     console = Console(width=110)
     # Lightning prints its hardware banner for every Trainer; the demo builds several.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     t0 = time.perf_counter()
 
-    if not (args.data_dir / "annotations.jsonl").exists():
+    if not (data_dir / "annotations.jsonl").exists():
         _run(
             console,
             "1/4 generate the synthetic dataset",
-            [sys.executable, "-m", "extract", "synthetic", "--out", str(args.data_dir)],
+            [sys.executable, "-m", "extract", "synthetic", "--out", str(data_dir)],
         )
-    cache = args.data_dir / "cache.h5"
+    cache = data_dir / "cache.h5"
+    # The config's paths are data/synthetic/...; --data-dir moves all three, or the demo would
+    # extract the default folder and then train on a cache it never wrote.
     _run(
         console,
         "2/4 extract tiny_clip features (resumes; skips finished videos)",
         [
-            sys.executable, "-m", "extract", "--config", str(REPO / "extract" / "configs" / "synthetic.yaml"),
-            "--video_root", str(args.data_dir), "--annotations", str(args.data_dir / "annotations.jsonl"),
-            "--output", str(cache),
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "extract",
+            "--config",
+            str(REPO / "extract" / "configs" / "synthetic.yaml"),
+            "--annotations",
+            str(data_dir / "annotations.jsonl"),
+            "--video_root",
+            str(data_dir),
+            "--output",
+            str(cache),
+        ],
     )
     _run(console, "   validate the cache", [sys.executable, "-m", "cache_schema", "validate", str(cache)])
 
     console.rule("[bold]3/4 train span")
-    model, data, best_ckpt = train_span(cache, args.run_dir, epochs=args.epochs, seed=args.seed)
+    data = GroundingDataModule(str(cache), batch_size=16)
+    model, best_ckpt = train_span(data, run_dir, epochs=args.epochs, seed=args.seed)
 
     console.rule("[bold]4/4 test split: span vs baselines")
-    rows = {"span (trained)": _test(model, data, ckpt=best_ckpt)}
+    rows = {"span (trained)": _test(model, data, ckpt=str(best_ckpt))}
     for name in BASELINES:
         if name == "zeroshot" and data.video_dim != data.text_dim:
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from collections.abc import Sequence
 
 from cache_schema import EncoderSpec
@@ -19,8 +20,17 @@ class EncoderMismatchError(GroundcacheError, ValueError):
     """A checkpoint is used with features from other encoders; the message names both sets and dims."""
 
 
-class CheckpointError(GroundcacheError, KeyError):
-    """A checkpoint lacks what `ground` writes (hyperparameters, encoder record); names the path."""
+class CheckpointError(GroundcacheError, ValueError):
+    """A checkpoint cannot be rebuilt into a `GroundingModule`, or lacks what `ground` writes
+    (hyperparameters, encoder record); the message names the file.
+
+    Attributes:
+        path: the checkpoint file.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"checkpoint {self.path}: {reason}")
 
 
 class UnknownEncoderError(GroundcacheError, KeyError):

@@ -8,8 +8,11 @@ limit gives (`check_stopping_rule`); gradient clipping and precision are Trainer
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -291,28 +294,73 @@ class GroundingModule(L.LightningModule):
         self.encoder_record = trained
 
 
+LIGHTNING_HPARAM_KEYS = frozenset({"_instantiator", "_class_path"})
+"""Keys Lightning writes into `hyper_parameters` beside the constructor arguments: LightningCLI
+(`python -m ground fit`) records the function it instantiated the module with (`_instantiator`)
+and, in subclass mode, the class (`_class_path`). They say how the module was built, not what it is."""
+
+
+def module_arguments(hparams: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """`GroundingModule` constructor arguments from a checkpoint's saved `hyper_parameters`.
+
+    Every writer is accepted: a plain `Trainer` (`ground demo`, `ground zoo`, tests) saves the
+    constructor arguments; LightningCLI (`ground fit`) saves them plus `LIGHTNING_HPARAM_KEYS`.
+    Any other key is an error, not dropped: it means the checkpoint was written by another
+    module or another version of this one, and its weights would not mean what they say.
+
+    Raises:
+        CheckpointError: no hyperparameters, another class, or keys the constructor does not take.
+    """
+    if not hparams or "name" not in hparams:
+        raise CheckpointError(
+            path, "no model hyperparameters; was it saved by ground.module.GroundingModule?"
+        )
+    expected = f"{GroundingModule.__module__}.{GroundingModule.__qualname__}"
+    class_path = hparams.get("_class_path", expected)
+    if class_path != expected:
+        raise CheckpointError(path, f"saved by {class_path}, not by {expected}")
+    arguments = {key: value for key, value in hparams.items() if key not in LIGHTNING_HPARAM_KEYS}
+    accepted = [name for name in inspect.signature(GroundingModule.__init__).parameters if name != "self"]
+    unknown = sorted(set(arguments) - set(accepted))
+    if unknown:
+        raise CheckpointError(
+            path, f"hyperparameters {unknown} are not GroundingModule arguments (it takes {accepted})"
+        )
+    return arguments
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
     """Rebuild a `GroundingModule` from a checkpoint, in eval mode on `device`.
 
-    The checkpoint holds plain data only, so it is read with `torch.load(weights_only=True)`;
-    the module is rebuilt from its saved constructor arguments, then its weights and encoder
-    record are restored.
+    The one loader for every consumer (`Grounder`, ground-video, serve, calibrate-presence,
+    export, report) and every writer (`ground fit`, `ground demo`, `ground zoo`). The checkpoint
+    holds plain data only, so it is read with `torch.load(weights_only=True)`; the module is
+    rebuilt from its saved constructor arguments (`module_arguments`), then its weights and
+    encoder record are restored.
 
     Raises:
         FileNotFoundError: naming the path when there is no such file.
-        CheckpointError: (a KeyError) the checkpoint has no GroundingModule hyperparameters.
+        CheckpointError: the file is not a readable checkpoint, its hyperparameters are not
+            GroundingModule's, or its weights do not fit the network they describe.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    hparams = checkpoint.get("hyper_parameters")
-    if not hparams or "name" not in hparams:
-        raise CheckpointError(
-            f"{path}: no model hyperparameters; was it saved by ground.module.GroundingModule?"
-        )
-    module = GroundingModule(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise CheckpointError(path, f"not a readable checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(path, "no state_dict; was it saved by a Lightning Trainer?")
+    arguments = module_arguments(checkpoint.get("hyper_parameters") or {}, path)
+    try:
+        module = GroundingModule(**arguments)
+    except (KeyError, TypeError, ValueError) as err:  # unknown network, or arguments it rejects
+        raise CheckpointError(path, f"its hyperparameters do not build a network ({err})") from err
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(path, f"weights do not fit the network they were saved with ({err})") from err
     module.on_load_checkpoint(checkpoint)
     return module.to(device).eval()
 

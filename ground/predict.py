@@ -227,7 +227,9 @@ class Grounder:
 
         Raises:
             FileNotFoundError: no such checkpoint.
-            CheckpointError: (a KeyError) the checkpoint lacks its hyperparameters or its encoder record.
+            CheckpointError: the checkpoint does not rebuild a GroundingModule
+                (`ground.module.load_checkpoint`).
+            CheckpointError: the checkpoint lacks its encoder record.
             EncoderMismatchError: `cache` holds features of other encoders.
         """
         path = Path(path)
@@ -235,8 +237,9 @@ class Grounder:
         encoders = module.encoder_record
         if not encoders:
             raise CheckpointError(
-                f"{path}: no encoder record (checkpoint['groundcache']['encoders']); the checkpoint was "
-                "not saved by a GroundingModule trained on a cache"
+                path,
+                "no encoder record (checkpoint['groundcache']['encoders']); it was not saved by a "
+                "GroundingModule trained on a cache",
             )
         net = module.net
         threshold = UNCALIBRATED_THRESHOLD

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cache_schema.fake import write_fake_cache
+from ground.data import GroundingDataModule
 from ground.demo import train_span
 
 
@@ -20,7 +21,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _weights(cache: Path, run_dir: Path, seed: int) -> dict[str, torch.Tensor]:
     torch.set_num_threads(1)  # the demo's thread policy
-    model, _, best = train_span(cache, run_dir, epochs=2, seed=seed)
+    model, best = train_span(GroundingDataModule(str(cache), batch_size=8), run_dir, epochs=2, seed=seed)
     assert Path(best).is_file()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

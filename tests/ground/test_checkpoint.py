@@ -1,0 +1,170 @@
+"""`ground.module.load_checkpoint` rebuilds the checkpoints of every writer, and refuses others by name.
+
+The writers: `python -m ground fit` (LightningCLI, which adds `_instantiator` to the saved
+hyperparameters), `ground demo` (`ground.demo.train_span`) and `ground zoo`
+(`ground.zoo.run_model`). tests/test_journey.py runs the real commands on real files; these
+tests feed the loader each writer's output in-process, on a fake cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from cache_schema import CacheReader
+from cache_schema.fake import write_fake_cache
+from ground.cli import main as ground_main
+from ground.data import GroundingDataModule
+from ground.demo import train_span
+from ground.module import CheckpointError, GroundingModule, load_checkpoint
+from ground.predict import Grounder
+from ground.zoo import run_model
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_SPAN = [
+    "--model.hparams.hidden_dim",
+    "32",
+    "--model.hparams.num_layers",
+    "1",
+    "--model.hparams.num_heads",
+    "2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)  # tiny models: threads only add contention
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("writers") / "cache.h5"
+    write_fake_cache(path, n_videos=9, queries_per_video=2, duration_range_sec=(6.0, 20.0))
+    return path
+
+
+def _fit(cache: Path, root: Path) -> Path:
+    """`python -m ground fit` in-process: the LightningCLI writer."""
+    argv = [
+        "fit",
+        "--data.cache",
+        str(cache),
+        "--data.batch_size",
+        "8",
+        "--model",
+        str(REPO / "ground" / "configs" / "model" / "span.yaml"),
+        *TINY_SPAN,
+        "--run_dir",
+        str(root),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+    ]
+    assert ground_main(argv) == 0
+    [best] = root.rglob("best-*.ckpt")
+    return best
+
+
+def _demo(cache: Path, root: Path) -> Path:
+    _, best = train_span(GroundingDataModule(str(cache), batch_size=8), root, epochs=2)
+    return best
+
+
+def _zoo(cache: Path, root: Path) -> Path:
+    run_model("span", GroundingDataModule(str(cache), batch_size=8), epochs=2, run_dir=root, lr=1e-3)
+    return root / "span" / "best.ckpt"
+
+
+WRITERS: dict[str, Callable[[Path, Path], Path]] = {"fit": _fit, "demo": _demo, "zoo": _zoo}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {name: write(cache, tmp_path_factory.mktemp(name)) for name, write in WRITERS.items()}
+
+
+def test_fit_checkpoint_carries_lightning_cli_keys(checkpoints: dict[str, Path]) -> None:
+    # The keys that broke ground-video; if LightningCLI stops writing them this test says so.
+    hparams = torch.load(checkpoints["fit"], weights_only=True)["hyper_parameters"]
+    assert hparams["_instantiator"] == "lightning.pytorch.cli.instantiate_module"
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_every_writer_loads(writer: str, checkpoints: dict[str, Path], cache: Path) -> None:
+    path = checkpoints[writer]
+    checkpoint = torch.load(path, weights_only=True)
+    module = load_checkpoint(path)
+    assert isinstance(module, GroundingModule) and not module.training
+    assert module.hparams.name == "span"
+    assert module.hparams.video_dim == 32 and module.hparams.text_dim == 16
+    state = module.state_dict()
+    assert state.keys() == checkpoint["state_dict"].keys()
+    for key, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    assert module.encoder_record == checkpoint["groundcache"]["encoders"]
+    assert module.encoder_record["video_encoders"][0]["name"] == "fake_video0"
+
+    # The Python API on top of the loader answers a cached video inside its duration.
+    grounder = Grounder.from_checkpoint(path, cache=cache)
+    with CacheReader(cache) as reader:
+        item = next(iter(reader.queries()))
+        duration_sec = reader.video_meta(item.vid).duration_sec
+    [result] = grounder.ground(item.vid, [item.text], top_k=3)
+    assert 1 <= len(result.windows) <= 3
+    for start, end, _ in result.windows:
+        assert 0.0 <= start <= end <= duration_sec + 1e-6
+
+
+def _rewritten(source: Path, target: Path, change: Callable[[dict], None]) -> Path:
+    checkpoint = torch.load(source, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_unknown_hyperparameter_is_named_not_dropped(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    path = _rewritten(
+        checkpoints["fit"],
+        tmp_path / "extra.ckpt",
+        lambda c: c["hyper_parameters"].update(temperature=0.5),
+    )
+    with pytest.raises(CheckpointError, match=r"extra\.ckpt: hyperparameters \['temperature'\] are not"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_of_another_class_is_refused(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    path = _rewritten(
+        checkpoints["fit"],
+        tmp_path / "other.ckpt",
+        lambda c: c["hyper_parameters"].update(_class_path="somewhere.OtherModule"),
+    )
+    with pytest.raises(CheckpointError, match=r"other\.ckpt: saved by somewhere\.OtherModule, not by ground"):
+        load_checkpoint(path)
+
+
+def test_weights_that_do_not_fit_their_hyperparameters(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    path = _rewritten(
+        checkpoints["demo"],
+        tmp_path / "resized.ckpt",
+        lambda c: c["hyper_parameters"]["hparams"].update(hidden_dim=64),
+    )
+    with pytest.raises(CheckpointError, match=r"resized\.ckpt: weights do not fit"):
+        load_checkpoint(path)
+
+
+def test_not_a_grounding_checkpoint(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"garbage\.ckpt: not a readable checkpoint"):
+        load_checkpoint(garbage)
+    bare = _rewritten(checkpoints["zoo"], tmp_path / "bare.ckpt", lambda c: c.pop("hyper_parameters"))
+    with pytest.raises(CheckpointError, match=r"bare\.ckpt: no model hyperparameters"):
+        load_checkpoint(bare)
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
