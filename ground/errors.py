@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from cache_schema import EncoderSpec
 from cache_schema.errors import GroundcacheError
