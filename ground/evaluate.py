@@ -13,12 +13,11 @@ Both files are JSON Lines in the QVHighlights formats (one query per line):
 
 Query ids may be ints (QVHighlights) or strings (TACoS). They match as Python compares the decoded
 JSON values, which is how the official evaluation matches them (a set of ids per file): 2579 and
-2579.0 are the same query, 2579 and "2579" are not. Each id must appear once in each file, and the
-two files must hold the same ids.
+2579.0 are the same query, 2579 and "2579" are not, `true` is query 1. Each ground-truth id must
+appear once, and the two files must hold the same ids.
 
 Which submissions are accepted mirrors the official evaluation rule by rule: what it scores is
-scored to the same numbers, what it fails on is refused; where its output depends on row order or
-comes from NaN arithmetic the submission is refused (see `docs/datasets.md`, "Scoring a
+scored to the same numbers, what it fails on is refused (see `docs/datasets.md`, "Scoring a
 submission", for the table):
 
 * lenient like the official: saliency lists of any non-empty length (HL-mAP zero-pads a short list
@@ -26,11 +25,26 @@ submission", for the table):
   as given, a miss when it is past the labelled clips); windows in any order (mAP uses the first
   10 as written, ranked by score; R1 uses the first as written); window items after the score;
   extra keys; `vid` not checked.
-* strict like the official: missing or extra query ids, a row without `qid`, an empty or
-  non-numeric window list, a window of fewer than 3 numbers, an empty or non-numeric saliency list,
-  a line that is not a JSON object.
-* stricter than the official (whose numbers there are artefacts): a repeated qid, a field on some
-  rows only, NaN / Infinity / booleans as numbers, a predicted window with start > end.
+* lenient like the official, with one `warning:` line per kind from the CLI (file, line, qid and
+  count), since the numbers come from the official code's quirks:
+  - a qid on several rows: mAP pools the first 10 windows of each of its rows, R1 takes the first
+    window of its last row, the highlight metrics the saliency of its last row;
+  - a prediction field that the first row lacks: ignored (and not checked) on every row;
+  - `true` / `false` as numbers: 1 / 0;
+  - NaN / Infinity (Python's JSON reads `NaN`, `Infinity`): the official numpy arithmetic, so a
+    window with a NaN bound (or `[Infinity, Infinity]`) has IoU NaN, which counts as a match for
+    mAP and a miss for R1; a NaN score ranks where Python's `list.sort` leaves it; a NaN clip score
+    is Hit1's top clip (numpy's argmax);
+  - a predicted window with start > end: IoU from its negative length, 0 (or -0.0), and NaN, a mAP
+    match, when the union is exactly 0.
+* strict like the official: missing or extra query ids, a row without `qid`, a NaN qid, an empty or
+  non-numeric window list, a window of fewer than 3 numbers, a window whose start and end are both
+  booleans (numpy cannot subtract them), an empty or non-numeric saliency list, NaN / Infinity
+  among the labelled clips' scores of a query whose labels are mixed (sklearn refuses them), a row
+  without a field that the first row has, a line that is not a JSON object.
+* stricter than the official: a first row with neither prediction field (the official output is
+  `{"brief": {}}`); windows past the 10th are checked although the official code never reads them.
+  More lenient: an empty length bucket is NaN where the official code fails.
 
 Protocols:
 
@@ -42,6 +56,8 @@ Protocols:
 * `recall`: `ground.metrics.retrieval_metrics` (R1/R5 at IoU 0.1/0.3/0.5/0.7, mIoU, mAP), the usual
   protocol for Charades-STA, ActivityNet Captions and TACoS. It ranks each query's windows by
   score (stable) before R@k and mAP, so its R1 is the top-scored window, not the first written.
+  Not being the official protocol, it refuses repeated qids and windows with NaN, Infinity or
+  start > end.
 
 Malformed input stops with one `SubmissionError` naming the file, line and query id.
 """
@@ -115,7 +131,8 @@ class SubmittedQuery:
             `pred_relevant_windows`.
         scores: (K,) window scores, any order, or None.
         saliency: (N,) predicted clip scores, N >= 1, or None without `pred_saliency_scores`.
-            A field that the first row lacks is None on every row (the official rule).
+            A field that the first row lacks is None on every row (the official rule); saliency
+            is None as well on a row whose qid repeats later (only the last row is read).
         where: location for error messages.
         notes: what the row holds that the official evaluation scores although it is dubious, by
             kind ("bool", "nonfinite", "inverted", "ignored"), each with the first instance,
@@ -349,8 +366,10 @@ def parse_submission(
 
     As in the official evaluation, the first row decides which prediction fields are scored: a
     field it lacks is ignored on every row (and not checked there), a field it has is required on
-    every row. Values that the official arithmetic scores although they are dubious (booleans, NaN,
-    Infinity, start > end) are accepted and recorded in `SubmittedQuery.notes`.
+    every row, except `pred_saliency_scores` on a row whose qid repeats later: only the last row of
+    a qid is read for highlights, so the others get saliency None. Values that the official
+    arithmetic scores although they are dubious (booleans, NaN, Infinity, start > end) are accepted
+    and recorded in `SubmittedQuery.notes`.
 
     Args:
         rows: the parsed JSON objects, one per query; a qid may repeat (see `score_queries`).
@@ -364,6 +383,13 @@ def parse_submission(
     if rows and not isinstance(rows[0], Mapping):
         raise SubmissionError(f"{first}: expected an object, got {type(rows[0]).__name__}")
     scored = [name for name in PREDICTION_FIELDS if rows and name in rows[0]]
+    # The official highlight metrics read only the last row of a qid (a dict keyed by qid).
+    last_row = {}
+    for index, row in enumerate(rows):
+        try:
+            last_row[qid_key(row["qid"])] = index
+        except (TypeError, KeyError):
+            pass  # reported in the loop below
     queries = []
     for index, row in enumerate(rows):
         where = _location(source, index, from_file)
@@ -377,7 +403,8 @@ def parse_submission(
                 f"decides which are scored, as in the official evaluation)"
             )
         notes = _number_notes([qid], "qid") if not isinstance(qid, str) else {}
-        for name in scored:
+        read = [name for name in scored if name != "pred_saliency_scores" or last_row[qid_key(qid)] == index]
+        for name in read:
             if name not in row:
                 raise SubmissionError(
                     f"{where}: no '{name}' while {first} has it (the first row decides which fields are "
@@ -387,7 +414,7 @@ def parse_submission(
         if ignored:
             notes["ignored"] = f"'{ignored[0]}' (not on {first})"
         windows = scores = saliency = None
-        if "pred_relevant_windows" in scored:
+        if "pred_relevant_windows" in read:
             triples = _windows(
                 row["pred_relevant_windows"], 3, "pred_relevant_windows", where, more_ok=True, any_number=True
             )
@@ -403,7 +430,7 @@ def parse_submission(
                 if window[0] > window[1] and "inverted" not in notes:
                     notes["inverted"] = f"{label} is {json.dumps(window[:3])}"
             windows, scores = triples[:, :2], triples[:, 2]  # (K, 2), (K,)
-        if "pred_saliency_scores" in scored:
+        if "pred_saliency_scores" in read:
             values = row["pred_saliency_scores"]
             if not isinstance(values, list) or not values or not all(map(_is_json_number, values)):
                 raise SubmissionError(
@@ -548,6 +575,12 @@ def submission_warnings(submission: list[SubmittedQuery]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def with_saliency(submission: Sequence[SubmittedQuery]) -> bool:
+    """Whether the submission's saliency scores are scored: the first row has them (then the last row
+    of every qid has them too, checked on parsing)."""
+    return any(q.saliency is not None for q in submission)
+
+
 def has_highlight_labels(ground_truth: Sequence[GroundTruthQuery]) -> bool:
     """Whether the ground truth carries saliency labels (all rows do, or none; checked on parsing)."""
     return bool(ground_truth) and ground_truth[0].saliency is not None
@@ -608,7 +641,7 @@ def score_queries(
             {f"MR-{b.name}-mAP": moments[b.name]["MR-mAP"]["average"] for b in length_buckets}
         )
         brief.update(sorted(moment_brief.items()))
-    if submission[0].saliency is not None and has_highlight_labels(aligned):
+    if with_saliency(submission) and has_highlight_labels(aligned):
         try:
             highlights = qvhighlights_highlight_metrics(
                 [rows[-1].saliency for rows in groups], [gt.saliency for gt in aligned]
@@ -764,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if (
         args.protocol == "qvhighlights"
-        and submission[0].saliency is not None
+        and with_saliency(submission)
         and not has_highlight_labels(ground_truth)
     ):
         print(f"note: {args.gt} has no saliency labels; highlight metrics skipped", file=sys.stderr)

@@ -408,6 +408,12 @@ def test_repeated_qid_pools_windows_for_map_and_takes_the_last_row_for_r1_and_hi
     assert hl(out) == (100.0, 100.0)
     # GT has no middle or long window; the official code fails on an empty bucket, so compare "full".
     assert out["full"] == {"MR-mAP": official_mr_ap(rows, GT), "MR-R1": official_mr_r1(rows, GT)}
+    # The official code never reads an earlier row's saliency: junk or nothing there is accepted.
+    assert evaluate_submission([{**rows[0], "pred_saliency_scores": "x"}, rows[1]], GT) == out
+    middle = {"qid": 1, "pred_relevant_windows": [[4, 6, 0.1]]}  # a miss, ranked last
+    assert evaluate_submission([rows[0], middle, rows[1]], GT) == evaluate_submission(
+        [rows[0], {**middle, "pred_saliency_scores": [0, 0, 5.0, 0]}, rows[1]], GT
+    )
 
 
 def test_hand_values_of_nan_and_start_after_end() -> None:
