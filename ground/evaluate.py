@@ -402,7 +402,11 @@ def parse_submission(
                 f"{where}: neither 'pred_relevant_windows' nor 'pred_saliency_scores' (the first row "
                 f"decides which are scored, as in the official evaluation)"
             )
-        notes = _number_notes([qid], "qid") if not isinstance(qid, str) else {}
+        notes = {}
+        if isinstance(qid, bool):
+            notes["bool"] = f"qid {json.dumps(qid)} (query {int(qid)})"
+        elif isinstance(qid, float) and math.isinf(qid):
+            notes["nonfinite"] = f"qid {json.dumps(qid)}"
         read = [name for name in scored if name != "pred_saliency_scores" or last_row[qid_key(qid)] == index]
         for name in read:
             if name not in row:
