@@ -13,12 +13,11 @@ Both files are JSON Lines in the QVHighlights formats (one query per line):
 
 Query ids may be ints (QVHighlights) or strings (TACoS). They match as Python compares the decoded
 JSON values, which is how the official evaluation matches them (a set of ids per file): 2579 and
-2579.0 are the same query, 2579 and "2579" are not. Each id must appear once in each file, and the
-two files must hold the same ids.
+2579.0 are the same query, 2579 and "2579" are not, `true` is query 1. Each ground-truth id must
+appear once, and the two files must hold the same ids.
 
 Which submissions are accepted mirrors the official evaluation rule by rule: what it scores is
-scored to the same numbers, what it fails on is refused; where its output depends on row order or
-comes from NaN arithmetic the submission is refused (see `docs/datasets.md`, "Scoring a
+scored to the same numbers, what it fails on is refused (see `docs/datasets.md`, "Scoring a
 submission", for the table):
 
 * lenient like the official: saliency lists of any non-empty length (HL-mAP zero-pads a short list
@@ -26,11 +25,26 @@ submission", for the table):
   as given, a miss when it is past the labelled clips); windows in any order (mAP uses the first
   10 as written, ranked by score; R1 uses the first as written); window items after the score;
   extra keys; `vid` not checked.
-* strict like the official: missing or extra query ids, a row without `qid`, an empty or
-  non-numeric window list, a window of fewer than 3 numbers, an empty or non-numeric saliency list,
-  a line that is not a JSON object.
-* stricter than the official (whose numbers there are artefacts): a repeated qid, a field on some
-  rows only, NaN / Infinity / booleans as numbers, a predicted window with start > end.
+* lenient like the official, with one `warning:` line per kind from the CLI (file, line, qid and
+  count), since the numbers come from the official code's quirks:
+  - a qid on several rows: mAP pools the first 10 windows of each of its rows, R1 takes the first
+    window of its last row, the highlight metrics the saliency of its last row;
+  - a prediction field that the first row lacks: ignored (and not checked) on every row;
+  - `true` / `false` as numbers: 1 / 0;
+  - NaN / Infinity (Python's JSON reads `NaN`, `Infinity`): the official numpy arithmetic, so a
+    window with a NaN bound (or `[Infinity, Infinity]`) has IoU NaN, which counts as a match for
+    mAP and a miss for R1; a NaN score ranks where Python's `list.sort` leaves it; a NaN clip score
+    is Hit1's top clip (numpy's argmax);
+  - a predicted window with start > end: IoU from its negative length, 0 (or -0.0), and NaN, a mAP
+    match, when the union is exactly 0.
+* strict like the official: missing or extra query ids, a row without `qid`, a NaN qid, an empty or
+  non-numeric window list, a window of fewer than 3 numbers, a window whose start and end are both
+  booleans (numpy cannot subtract them), an empty or non-numeric saliency list, NaN / Infinity
+  among the labelled clips' scores of a query whose labels are mixed (sklearn refuses them), a row
+  without a field that the first row has, a line that is not a JSON object.
+* stricter than the official: a first row with neither prediction field (the official output is
+  `{"brief": {}}`); windows past the 10th are checked although the official code never reads them.
+  More lenient: an empty length bucket is NaN where the official code fails.
 
 Protocols:
 
@@ -42,6 +56,8 @@ Protocols:
 * `recall`: `ground.metrics.retrieval_metrics` (R1/R5 at IoU 0.1/0.3/0.5/0.7, mIoU, mAP), the usual
   protocol for Charades-STA, ActivityNet Captions and TACoS. It ranks each query's windows by
   score (stable) before R@k and mAP, so its R1 is the top-scored window, not the first written.
+  Not being the official protocol, it refuses repeated qids and windows with NaN, Infinity or
+  start > end.
 
 Malformed input stops with one `SubmissionError` naming the file, line and query id.
 """
@@ -53,7 +69,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +80,9 @@ from cache_schema.errors import GroundcacheError
 from ground.metrics import (
     HIGHLIGHT_MIN_SCORES,
     QVHIGHLIGHTS_LENGTH_BUCKETS,
+    QVHIGHLIGHTS_MAX_PRED_WINDOWS,
     LengthBucket,
+    NonFiniteScoreError,
     parse_length_buckets,
     qvhighlights_highlight_metrics,
     qvhighlights_moment_metrics,
@@ -113,7 +131,12 @@ class SubmittedQuery:
             `pred_relevant_windows`.
         scores: (K,) window scores, any order, or None.
         saliency: (N,) predicted clip scores, N >= 1, or None without `pred_saliency_scores`.
+            A field that the first row lacks is None on every row (the official rule); saliency
+            is None as well on a row whose qid repeats later (only the last row is read).
         where: location for error messages.
+        notes: what the row holds that the official evaluation scores although it is dubious, by
+            kind ("bool", "nonfinite", "inverted", "ignored"), each with the first instance,
+            e.g. {"inverted": "pred_relevant_windows[0] = [4, 2, 0.5]"}; see `submission_warnings`.
     """
 
     qid: int | float | str
@@ -122,6 +145,7 @@ class SubmittedQuery:
     scores: np.ndarray | None
     saliency: np.ndarray | None
     where: str
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,23 +185,38 @@ def qid_key(qid: object) -> int | float | str:
     """Matching key of a query id: the id itself, compared as Python compares it.
 
     This is the official evaluation's rule (it compares the sets of ids of the two files): 2579 and
-    2579.0 are one query, 2579 and "2579" are two.
+    2579.0 are one query, 2579 and "2579" are two, and `true` is query 1 (True == 1 in Python).
 
     Raises:
-        TypeError: for anything but an int, a finite float or a string (booleans and NaN would
-            match by accident: True == 1, and NaN is not equal to itself).
+        TypeError: for anything but an int, a float, a bool or a string, and for NaN, which equals
+            nothing, not even itself, so it matches no query (the official evaluation fails on it).
     """
-    if (
-        isinstance(qid, bool)
-        or not isinstance(qid, int | float | str)
-        or (isinstance(qid, float) and not math.isfinite(qid))
-    ):
+    if not isinstance(qid, int | float | str):
         raise TypeError(f"qid must be an int or a string, got {qid!r} ({type(qid).__name__})")
+    if isinstance(qid, float) and math.isnan(qid):
+        raise TypeError("qid NaN matches no query (NaN is not equal to itself)")
     return qid
 
 
 def _is_number(value: object) -> bool:
+    """A finite number that is not a bool (the ground-truth rule)."""
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_json_number(value: object) -> bool:
+    """Anything the official arithmetic takes as a number: also booleans (1/0), NaN and Infinity."""
+    return isinstance(value, Real)
+
+
+def _number_notes(values: Sequence[object], label: str) -> dict[str, str]:
+    """The "bool" and "nonfinite" notes for numbers read from the submission, first instance each."""
+    notes = {}
+    for i, value in enumerate(values):
+        if isinstance(value, bool) and "bool" not in notes:
+            notes["bool"] = f"{label}[{i}] is {json.dumps(value)}"
+        elif not isinstance(value, bool) and not math.isfinite(value) and "nonfinite" not in notes:
+            notes["nonfinite"] = f"{label}[{i}] is {json.dumps(value)}"
+    return notes
 
 
 def _location(source: str, index: int, from_file: bool) -> str:
@@ -194,20 +233,26 @@ def _qid_of(row: Mapping[str, Any], where: str) -> int | float | str:
     return row["qid"]
 
 
-def _windows(value: object, width: int, name: str, where: str, more_ok: bool = False) -> np.ndarray:
+def _windows(
+    value: object, width: int, name: str, where: str, more_ok: bool = False, any_number: bool = False
+) -> np.ndarray:
     """Check a non-empty list of `width`-number lists and return it as a (N, width) float array.
 
     With `more_ok`, a window may hold more items; they are ignored, as the official evaluation
-    ignores everything after `[start, end, score]`.
+    ignores everything after `[start, end, score]`. With `any_number` (submissions), booleans, NaN
+    and Infinity count as numbers, as in the official arithmetic; otherwise only finite non-bool
+    numbers do (ground truth).
     """
+    is_number = _is_json_number if any_number else _is_number
+    kind = "numbers" if any_number else "finite numbers"
     if not isinstance(value, list) or not value:
         raise SubmissionError(f"{where}: '{name}' must be a non-empty list, got {value!r:.80}")
     for i, window in enumerate(value):
         is_list = isinstance(window, list | tuple)
         size_ok = is_list and (len(window) >= width if more_ok else len(window) == width)
-        if not (size_ok and all(map(_is_number, window[:width]))):
+        if not (size_ok and all(map(is_number, window[:width]))):
             raise SubmissionError(
-                f"{where}: '{name}'[{i}] must {'start with' if more_ok else 'be'} {width} finite numbers, "
+                f"{where}: '{name}'[{i}] must {'start with' if more_ok else 'be'} {width} {kind}, "
                 f"got {window!r:.80}"
             )
     return np.asarray([window[:width] for window in value], dtype=np.float64)  # (N, width)
@@ -311,19 +356,40 @@ def _saliency_matrix(row: Mapping[str, Any], duration_sec: float, where: str) ->
     return saliency
 
 
+PREDICTION_FIELDS = ("pred_relevant_windows", "pred_saliency_scores")
+
+
 def parse_submission(
     rows: Sequence[Mapping[str, Any]], source: str = "submission", from_file: bool = False
 ) -> list[SubmittedQuery]:
     """Check submission rows and convert them (see the module docstring for the format).
 
+    As in the official evaluation, the first row decides which prediction fields are scored: a
+    field it lacks is ignored on every row (and not checked there), a field it has is required on
+    every row, except `pred_saliency_scores` on a row whose qid repeats later: only the last row of
+    a qid is read for highlights, so the others get saliency None. Values that the official
+    arithmetic scores although they are dubious (booleans, NaN, Infinity, start > end) are accepted
+    and recorded in `SubmittedQuery.notes`.
+
     Args:
-        rows: the parsed JSON objects, one per query.
+        rows: the parsed JSON objects, one per query; a qid may repeat (see `score_queries`).
         source: name used in error messages (the file path for files).
         from_file: rows are the lines of `source` (messages say "line N", else "row i").
 
     Raises:
         SubmissionError: naming the row and qid of the first problem.
     """
+    first = _location(source, 0, from_file)
+    if rows and not isinstance(rows[0], Mapping):
+        raise SubmissionError(f"{first}: expected an object, got {type(rows[0]).__name__}")
+    scored = [name for name in PREDICTION_FIELDS if rows and name in rows[0]]
+    # The official highlight metrics read only the last row of a qid (a dict keyed by qid).
+    last_row = {}
+    for index, row in enumerate(rows):
+        try:
+            last_row[qid_key(row["qid"])] = index
+        except (TypeError, KeyError):
+            pass  # reported in the loop below
     queries = []
     for index, row in enumerate(rows):
         where = _location(source, index, from_file)
@@ -331,69 +397,95 @@ def parse_submission(
             raise SubmissionError(f"{where}: expected an object, got {type(row).__name__}")
         qid = _qid_of(row, where)
         where = f"{where} (qid {qid!r})"
+        if not scored:
+            raise SubmissionError(
+                f"{where}: neither 'pred_relevant_windows' nor 'pred_saliency_scores' (the first row "
+                f"decides which are scored, as in the official evaluation)"
+            )
+        notes = {}
+        if isinstance(qid, bool):
+            notes["bool"] = f"qid {json.dumps(qid)} (query {int(qid)})"
+        elif isinstance(qid, float) and math.isinf(qid):
+            notes["nonfinite"] = f"qid {json.dumps(qid)}"
+        read = [name for name in scored if name != "pred_saliency_scores" or last_row[qid_key(qid)] == index]
+        for name in read:
+            if name not in row:
+                raise SubmissionError(
+                    f"{where}: no '{name}' while {first} has it (the first row decides which fields are "
+                    f"scored; the official evaluation fails here)"
+                )
+        ignored = [name for name in PREDICTION_FIELDS if name in row and name not in scored]
+        if ignored:
+            notes["ignored"] = f"'{ignored[0]}' (not on {first})"
         windows = scores = saliency = None
-        if "pred_relevant_windows" in row:
-            triples = _windows(row["pred_relevant_windows"], 3, "pred_relevant_windows", where, more_ok=True)
+        if "pred_relevant_windows" in read:
+            triples = _windows(
+                row["pred_relevant_windows"], 3, "pred_relevant_windows", where, more_ok=True, any_number=True
+            )
+            for i, window in enumerate(row["pred_relevant_windows"]):
+                label = f"pred_relevant_windows[{i}]"
+                if isinstance(window[0], bool) and isinstance(window[1], bool):
+                    raise SubmissionError(
+                        f"{where}: {label} has booleans for both start and end: {json.dumps(window[:3])}; "
+                        f"the official evaluation fails on it (numpy cannot subtract booleans)"
+                    )
+                for kind, text in _number_notes(window[:3], label).items():
+                    notes.setdefault(kind, text)
+                if window[0] > window[1] and "inverted" not in notes:
+                    notes["inverted"] = f"{label} is {json.dumps(window[:3])}"
             windows, scores = triples[:, :2], triples[:, 2]  # (K, 2), (K,)
-            # The official code takes such a window's IoU from a negative length (NaN when the union
-            # is 0, and a NaN IoU passes its threshold test), so its numbers would be artefacts.
-            if np.any(windows[:, 0] > windows[:, 1]):
-                i = int(np.flatnonzero(windows[:, 0] > windows[:, 1])[0])
-                raise SubmissionError(
-                    f"{where}: pred_relevant_windows[{i}] has start > end: {triples[i].tolist()}"
-                )
-        if "pred_saliency_scores" in row:
+        if "pred_saliency_scores" in read:
             values = row["pred_saliency_scores"]
-            if not isinstance(values, list) or not values or not all(map(_is_number, values)):
+            if not isinstance(values, list) or not values or not all(map(_is_json_number, values)):
                 raise SubmissionError(
-                    f"{where}: 'pred_saliency_scores' must be a non-empty list of finite numbers, "
-                    f"got {values!r:.80}"
+                    f"{where}: 'pred_saliency_scores' must be a non-empty list of numbers, got {values!r:.80}"
                 )
-            saliency = np.asarray(values, dtype=np.float64)
-        if windows is None and saliency is None:
-            raise SubmissionError(f"{where}: neither 'pred_relevant_windows' nor 'pred_saliency_scores'")
-        queries.append(SubmittedQuery(qid, row.get("vid"), windows, scores, saliency, where))
-    # The official code decides from the first row alone: a field missing there is ignored on every
-    # row, a field missing on a later row stops it. Neither depends on the data alone, so refuse.
-    for field, present in (("pred_relevant_windows", "windows"), ("pred_saliency_scores", "saliency")):
-        missing = [q for q in queries if getattr(q, present) is None]
-        if missing and len(missing) != len(queries):
-            raise SubmissionError(f"{missing[0].where}: no '{field}' while other queries have it")
+            for kind, text in _number_notes(values, "pred_saliency_scores").items():
+                notes.setdefault(kind, text)
+            saliency = np.asarray(values, dtype=np.float64)  # (N,), true/false as 1/0
+        queries.append(SubmittedQuery(qid, row.get("vid"), windows, scores, saliency, where, notes))
     return queries
 
 
-def _align(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]) -> list[GroundTruthQuery]:
-    """Ground truth in submission order, after checking both hold the same unique query ids.
+QueryKey = int | float | str
 
-    Repeated ids are refused although the official evaluation takes them: it would pool the
-    windows of both rows for mAP but score only the last row for R1 and the highlight metrics.
+
+def _align(
+    submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]
+) -> tuple[list[list[SubmittedQuery]], list[GroundTruthQuery]]:
+    """Submission rows grouped by qid and the ground truth of each group, after checking the ids.
+
+    Groups are in the order of their first row. A qid on several rows is one query, as in the
+    official evaluation (which builds its per-query data in dicts keyed by qid); `score_queries`
+    says how its rows are scored. Both files must hold the same set of ids.
+
+    Raises:
+        SubmissionError: for a qid repeated in the ground truth, a submitted qid not in the ground
+            truth, or a ground-truth qid not submitted.
     """
-    by_key: dict[int | float | str, GroundTruthQuery] = {}
+    by_key: dict[QueryKey, GroundTruthQuery] = {}
     for gt in ground_truth:
         if qid_key(gt.qid) in by_key:
             raise SubmissionError(f"{gt.where}: qid repeated (first at {by_key[qid_key(gt.qid)].where})")
         by_key[qid_key(gt.qid)] = gt
-    seen: dict[int | float | str, SubmittedQuery] = {}
+    groups: dict[QueryKey, list[SubmittedQuery]] = {}
     for pred in submission:
-        key = qid_key(pred.qid)
-        if key in seen:
-            raise SubmissionError(f"{pred.where}: qid repeated (first at {seen[key].where})")
-        seen[key] = pred
-    extra = [pred for key, pred in seen.items() if key not in by_key]
+        groups.setdefault(qid_key(pred.qid), []).append(pred)
+    extra = [rows[0] for key, rows in groups.items() if key not in by_key]
     if extra:
         listed = ", ".join(repr(pred.qid) for pred in extra[:5])
         raise SubmissionError(
             f"submission has {len(extra)} queries not in the ground truth, e.g. qid {listed} "
             f"(first at {extra[0].where}){_type_hint(extra[0].qid, by_key)}"
         )
-    missing = [gt for key, gt in by_key.items() if key not in seen]
+    missing = [gt for key, gt in by_key.items() if key not in groups]
     if missing:
         listed = ", ".join(repr(gt.qid) for gt in missing[:5])
         raise SubmissionError(
             f"submission misses {len(missing)} of the {len(by_key)} ground-truth queries, e.g. qid {listed} "
             f"(first at {missing[0].where})"
         )
-    return [by_key[qid_key(pred.qid)] for pred in submission]
+    return list(groups.values()), [by_key[key] for key in groups]
 
 
 def _type_hint(qid: int | float | str, known: Mapping[int | float | str, object]) -> str:
@@ -412,24 +504,85 @@ def _type_hint(qid: int | float | str, known: Mapping[int | float | str, object]
 
 
 def vid_mismatches(submission: list[SubmittedQuery], ground_truth: list[GroundTruthQuery]) -> list[str]:
-    """Submitted queries whose `vid` differs from the ground truth's, one line each.
+    """Submitted rows whose `vid` differs from the ground truth's, one line each.
 
     The official evaluation ignores `vid` and so does the scoring; the CLI lists these on stderr.
 
     Raises:
         SubmissionError: as `score_queries` when the two files do not hold the same query ids.
     """
-    aligned = _align(submission, ground_truth)
+    groups, aligned = _align(submission, ground_truth)
     return [
         f"{pred.where}: vid {pred.vid!r}, the ground truth says {gt.vid!r}"
-        for pred, gt in zip(submission, aligned, strict=True)
+        for rows, gt in zip(groups, aligned, strict=True)
+        for pred in rows
         if pred.vid is not None and pred.vid != gt.vid
     ]
+
+
+# What the official evaluation makes of each accepted-but-dubious input, for the warning lines.
+_NOTE_EFFECTS = {
+    "ignored": "ignored on every row: the official evaluation scores only the fields of the first row",
+    "bool": "scored as 1 / 0, as the official evaluation does (a qid true is query 1)",
+    "nonfinite": (
+        "scored in the official arithmetic: a NaN IoU counts as a match for mAP and a miss for R1, a NaN "
+        "score ranks where Python's sort leaves it, a NaN clip score is Hit1's top clip"
+    ),
+    "inverted": (
+        "scored in the official arithmetic: IoU from a negative length, 0, or NaN (a match for mAP) when "
+        "the union is 0"
+    ),
+}
+_NOTE_SUBJECTS = {
+    "ignored": "a prediction field that the first row lacks",
+    "bool": "true / false as a number",
+    "nonfinite": "NaN or Infinity as a number",
+    "inverted": "a predicted window with start > end",
+}
+
+
+def submission_warnings(submission: list[SubmittedQuery]) -> list[str]:
+    """One line per kind of input that is scored as the official evaluation does but is dubious.
+
+    Each line gives the number of rows, the first row (file, line and qid) with an instance, and
+    what the official evaluation makes of it. The kinds: a qid on several rows, a field that the
+    first row lacks, true / false, NaN or Infinity as numbers, a predicted window with start > end.
+    """
+    lines = []
+    first_row: dict[QueryKey, SubmittedQuery] = {}
+    repeats = []
+    for pred in submission:
+        key = qid_key(pred.qid)
+        if key in first_row:
+            repeats.append((pred, first_row[key]))
+        else:
+            first_row[key] = pred
+    if repeats:
+        pred, first = repeats[0]
+        lines.append(
+            f"{len(repeats)} rows repeat the qid of an earlier row, e.g. {pred.where} "
+            f"(first at {first.where}); scored as the official evaluation does: mAP pools the first 10 "
+            "windows of each of its rows, R1 and the highlight metrics take its last row"
+        )
+    for kind, subject in _NOTE_SUBJECTS.items():
+        rows = [pred for pred in submission if kind in pred.notes]
+        if rows:
+            lines.append(
+                f"{len(rows)} rows hold {subject}, e.g. {rows[0].where}: {rows[0].notes[kind]}; "
+                f"{_NOTE_EFFECTS[kind]}"
+            )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
+
+
+def with_saliency(submission: Sequence[SubmittedQuery]) -> bool:
+    """Whether the submission's saliency scores are scored: the first row has them (then the last row
+    of every qid has them too, checked on parsing)."""
+    return any(q.saliency is not None for q in submission)
 
 
 def has_highlight_labels(ground_truth: Sequence[GroundTruthQuery]) -> bool:
@@ -444,17 +597,28 @@ def score_queries(
     protocol: Protocol = "qvhighlights",
     length_buckets: Sequence[LengthBucket] = QVHIGHLIGHTS_LENGTH_BUCKETS,
 ) -> dict[str, Any]:
-    """Score parsed queries (see `evaluate_submission`)."""
+    """Score parsed queries (see `evaluate_submission`).
+
+    A qid on several rows is scored as the official evaluation scores it: mAP pools the first 10
+    windows of each of its rows (then ranks them by score), R1 takes the first window of its last
+    row, the highlight metrics take the saliency scores of its last row. The `recall` protocol,
+    which is not the official one, refuses repeated qids and windows with NaN, Infinity or
+    start > end.
+
+    Raises:
+        SubmissionError: as `evaluate_submission`.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
-    aligned = _align(submission, ground_truth)
+    groups, aligned = _align(submission, ground_truth)
     with_windows = submission[0].windows is not None
     if protocol == "recall":
         if not with_windows:
             raise SubmissionError(f"{submission[0].where}: the recall protocol needs 'pred_relevant_windows'")
+        _check_for_recall(groups)
         return retrieval_metrics(
-            [q.windows for q in submission],
-            [q.scores for q in submission],
+            [rows[0].windows for rows in groups],
+            [rows[0].scores for rows in groups],
             [gt.windows for gt in aligned],
             length_buckets=length_buckets,
         )
@@ -462,10 +626,12 @@ def score_queries(
     brief: dict[str, float] = {}
     if with_windows:
         moments = qvhighlights_moment_metrics(
-            [q.windows for q in submission],
-            [q.scores for q in submission],
+            [np.concatenate([q.windows[:QVHIGHLIGHTS_MAX_PRED_WINDOWS] for q in rows]) for rows in groups],
+            [np.concatenate([q.scores[:QVHIGHLIGHTS_MAX_PRED_WINDOWS] for q in rows]) for rows in groups],
             [gt.windows for gt in aligned],
             length_buckets=length_buckets,
+            max_windows=None,  # cut per row above, as the official code does before pooling
+            top1_windows=[rows[-1].windows[0] for rows in groups],
         )
         sections.update(moments)
         moment_brief = {
@@ -479,10 +645,18 @@ def score_queries(
             {f"MR-{b.name}-mAP": moments[b.name]["MR-mAP"]["average"] for b in length_buckets}
         )
         brief.update(sorted(moment_brief.items()))
-    if submission[0].saliency is not None and has_highlight_labels(aligned):
-        highlights = qvhighlights_highlight_metrics(
-            [q.saliency for q in submission], [gt.saliency for gt in aligned]
-        )
+    if with_saliency(submission) and has_highlight_labels(aligned):
+        try:
+            highlights = qvhighlights_highlight_metrics(
+                [rows[-1].saliency for rows in groups], [gt.saliency for gt in aligned]
+            )
+        except NonFiniteScoreError as err:
+            pred, gt = groups[err.query_index][-1], aligned[err.query_index]
+            raise SubmissionError(
+                f"{pred.where}: 'pred_saliency_scores' holds NaN or Infinity among its first "
+                f"{len(gt.saliency)} scores (the labelled clips); the official evaluation fails on it "
+                f"(sklearn's precision_recall_curve refuses non-finite scores)"
+            ) from err
         sections.update(highlights)
         for level in HIGHLIGHT_MIN_SCORES:
             section = highlights[f"HL-min-{level}"]
@@ -494,6 +668,29 @@ def score_queries(
             "saliency labels for its 'pred_saliency_scores'"
         )
     return {"brief": brief, **{key: sections[key] for key in sorted(sections)}}
+
+
+def _check_for_recall(groups: list[list[SubmittedQuery]]) -> None:
+    """Refuse, for the `recall` protocol, what only the official protocol scores (see `score_queries`)."""
+    for rows in groups:
+        if len(rows) > 1:
+            raise SubmissionError(
+                f"{rows[1].where}: qid repeated (first at {rows[0].where}); only --protocol qvhighlights "
+                f"scores repeated rows, as the official evaluation does"
+            )
+        pred = rows[0]
+        if not (np.all(np.isfinite(pred.windows)) and np.all(np.isfinite(pred.scores))):
+            raise SubmissionError(
+                f"{pred.where}: NaN or Infinity in 'pred_relevant_windows'; the recall protocol needs finite "
+                f"numbers (--protocol qvhighlights scores them as the official evaluation does)"
+            )
+        if np.any(pred.windows[:, 0] > pred.windows[:, 1]):
+            i = int(np.flatnonzero(pred.windows[:, 0] > pred.windows[:, 1])[0])
+            raise SubmissionError(
+                f"{pred.where}: pred_relevant_windows[{i}] has start > end: {pred.windows[i].tolist()}; "
+                "the recall protocol refuses it (--protocol qvhighlights scores it as the official "
+                "evaluation does)"
+            )
 
 
 def evaluate_submission(
@@ -594,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SubmissionError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    for line in submission_warnings(submission):
+        print(f"warning: {line}", file=sys.stderr)
     if other_vids:
         print(
             f"note: {len(other_vids)} queries name another vid than the ground truth (scored by qid, as "
@@ -602,7 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if (
         args.protocol == "qvhighlights"
-        and submission[0].saliency is not None
+        and with_saliency(submission)
         and not has_highlight_labels(ground_truth)
     ):
         print(f"note: {args.gt} has no saliency labels; highlight metrics skipped", file=sys.stderr)

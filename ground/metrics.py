@@ -131,18 +131,48 @@ def temporal_iou(windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def official_cross_iou(windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
+    """`temporal_iou` in the arithmetic of the official `compute_temporal_iou_batch_cross`.
+
+    The two agree on windows with start <= end and a non-empty union. Beyond that the official code
+    divides as is, and so does this: a window with start > end has a negative length, so its IoU is
+    0 or -0.0, and NaN when the union is exactly 0; NaN or infinite bounds give what numpy's
+    arithmetic gives (NaN for `[inf, inf]`, whose length is inf - inf). The QVHighlights mAP counts a
+    NaN IoU as a match (`NaN < threshold` is false), so these values matter.
+
+    Args:
+        windows_a: (N, 2) windows in seconds, any values.
+        windows_b: (M, 2) windows in seconds.
+
+    Returns:
+        (N, M) float64 array, NaN where the official IoU is NaN.
+    """
+    a = np.asarray(windows_a, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(windows_b, dtype=np.float64).reshape(-1, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = np.maximum(a[:, None, 0], b[None, :, 0])  # (N, M)
+        right = np.minimum(a[:, None, 1], b[None, :, 1])  # (N, M)
+        inter = np.clip(right - left, 0, None)  # (N, M)
+        union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter  # (N, M)
+        return inter / union
+
+
 def _hull_iou(windows_a: np.ndarray, windows_b: np.ndarray) -> np.ndarray:
     """Row-wise IoU of (N, 2) pairs with the convex hull as the union.
 
     The official R1 uses this (`compute_temporal_iou_batch_paired`). It equals `temporal_iou` in
     exact arithmetic whenever the windows overlap (and both are 0 otherwise), but the float
-    rounding can differ in the last bit, which matters at an IoU exactly on a threshold.
+    rounding can differ in the last bit, which matters at an IoU exactly on a threshold. A window
+    with start > end has IoU 0 here; a NaN bound gives NaN, which no threshold counts.
     """
-    inter = np.maximum(
-        0.0, np.minimum(windows_a[:, 1], windows_b[:, 1]) - np.maximum(windows_a[:, 0], windows_b[:, 0])
-    )  # (N,)
-    hull = np.maximum(windows_a[:, 1], windows_b[:, 1]) - np.minimum(windows_a[:, 0], windows_b[:, 0])  # (N,)
-    return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inter = np.maximum(
+            0.0, np.minimum(windows_a[:, 1], windows_b[:, 1]) - np.maximum(windows_a[:, 0], windows_b[:, 0])
+        )  # (N,)
+        hull = np.maximum(windows_a[:, 1], windows_b[:, 1]) - np.minimum(
+            windows_a[:, 0], windows_b[:, 0]
+        )  # (N,)
+        return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
 
 
 def voc_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
@@ -168,10 +198,13 @@ def detection_average_precision(
 ) -> np.ndarray:
     """Average precision of one query's ranked windows, at each IoU threshold.
 
-    Predictions are visited by descending score (stable). Each one is a true positive when a
-    not-yet-matched ground-truth window has IoU >= threshold with it; it takes the unmatched window
-    of highest IoU. AP is `voc_average_precision` over the ranking, with one positive per
-    ground-truth window.
+    Predictions are visited by descending score (stable), ranked by Python's `list.sort` on the
+    negated scores as the official code does, so a NaN score lands where that sort leaves it. Each
+    one is a true positive when a not-yet-matched ground-truth window has IoU >= threshold with it;
+    it takes the unmatched window of highest IoU. AP is `voc_average_precision` over the ranking,
+    with one positive per ground-truth window. IoU is `official_cross_iou`: a NaN IoU (a window with
+    start > end whose union is 0, or NaN bounds) sorts first and is a match, as in the official
+    code, whose loop stops only at an IoU below the threshold.
 
     Equal IoUs with several ground-truth windows are visited in the order of the official
     `tiou_arr.argsort()[::-1]`, numpy's default (unstable) argsort reversed. That order is not
@@ -195,10 +228,11 @@ def detection_average_precision(
             f"detection AP needs at least one predicted and one ground-truth window, "
             f"got {len(pred_windows)} and {len(gt_windows)}"
         )
-    order = np.argsort(-np.asarray(pred_scores, dtype=np.float64), kind="stable")
+    negated = [-score for score in np.asarray(pred_scores, dtype=np.float64).tolist()]
+    order = sorted(range(len(negated)), key=negated.__getitem__)  # the official `prediction.sort`
     ranked_windows = np.asarray(pred_windows, dtype=np.float64)[order]  # (K, 2)
     # One row at a time, as the official code, so the default argsort sees the same 1-D arrays.
-    iou = np.stack([temporal_iou(w[None], gt_windows)[0] for w in ranked_windows])  # (K, M)
+    iou = np.stack([official_cross_iou(w[None], gt_windows)[0] for w in ranked_windows])  # (K, M)
     num_preds, num_gts = iou.shape
     gt_order = [np.argsort(row)[::-1] for row in iou]  # per prediction: highest IoU first
     ranks = np.arange(1, num_preds + 1, dtype=np.float64)
@@ -208,7 +242,7 @@ def detection_average_precision(
         tp = np.zeros(num_preds)
         for k in range(num_preds):
             for j in gt_order[k]:
-                if iou[k, j] < threshold:
+                if iou[k, j] < threshold:  # False for NaN: a NaN IoU matches, as in the official code
                     break
                 if not matched[j]:
                     matched[j] = True
@@ -218,6 +252,21 @@ def detection_average_precision(
         # tp + fp after k predictions is exactly k, the official tp_cumsum + fp_cumsum.
         ap[t_idx] = voc_average_precision(tp_cumsum / ranks, tp_cumsum / float(num_gts))
     return ap
+
+
+class NonFiniteScoreError(ValueError):
+    """Clip scores with NaN or Infinity where the official highlight AP has no number.
+
+    The official `get_ap` hands the scores to sklearn's `precision_recall_curve`, which refuses
+    non-finite values; it only gets there when the labels are not all equal.
+
+    Attributes:
+        query_index: index of the query in the caller's list, None from `highlight_average_precision`.
+    """
+
+    def __init__(self, message: str, query_index: int | None = None) -> None:
+        super().__init__(message)
+        self.query_index = query_index
 
 
 def highlight_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -231,6 +280,10 @@ def highlight_average_precision(labels: np.ndarray, scores: np.ndarray) -> float
     Args:
         labels: (T,) 0/1 clip labels.
         scores: (T,) predicted clip scores, same length.
+
+    Raises:
+        NonFiniteScoreError: a NaN or infinite score with labels not all equal (the official code
+            fails there too).
     """
     labels = np.asarray(labels, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -240,6 +293,8 @@ def highlight_average_precision(labels: np.ndarray, scores: np.ndarray) -> float
         )
     if np.all(labels == labels[0]):
         return float(labels[0])
+    if not np.all(np.isfinite(scores)):
+        raise NonFiniteScoreError("NaN or Infinity among the clip scores of a query with mixed labels")
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
     tp = np.cumsum(labels[order])  # (T,)
@@ -254,8 +309,16 @@ def highlight_average_precision(labels: np.ndarray, scores: np.ndarray) -> float
 
 
 def _validate_queries(
-    pred_windows: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray], gt_windows: Sequence[np.ndarray]
+    pred_windows: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_windows: Sequence[np.ndarray],
+    any_prediction_values: bool = False,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Check and convert the inputs of a moment metric.
+
+    With `any_prediction_values` (the official protocol), predicted windows and scores may hold
+    NaN, Infinity and start > end, which the official arithmetic scores; otherwise they are refused.
+    """
     if not (len(pred_windows) == len(pred_scores) == len(gt_windows)):
         raise ValueError(
             f"need one entry per query in each input, got {len(pred_windows)} predicted window sets, "
@@ -272,10 +335,15 @@ def _validate_queries(
             raise ValueError(f"query {i}: {len(p)} predicted windows but {len(s)} scores")
         if len(g) == 0:
             raise ValueError(f"query {i}: no ground-truth window")
-        for name, arr in (("predicted window", p), ("score", s), ("ground-truth window", g)):
+        checked = (
+            (("ground-truth window", g),)
+            if any_prediction_values
+            else (("predicted window", p), ("score", s), ("ground-truth window", g))
+        )
+        for name, arr in checked:
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"query {i}: non-finite {name} value")
-        if np.any(p[:, 0] > p[:, 1]):
+        if not any_prediction_values and np.any(p[:, 0] > p[:, 1]):
             bad = p[p[:, 0] > p[:, 1]][0].tolist()
             raise ValueError(f"query {i}: predicted window with start > end: {bad}")
         if np.any(g[:, 0] >= g[:, 1]):
@@ -501,6 +569,9 @@ def qvhighlights_moment_metrics(
     pred_scores: Sequence[np.ndarray],
     gt_windows: Sequence[np.ndarray],
     length_buckets: Sequence[LengthBucket] = QVHIGHLIGHTS_LENGTH_BUCKETS,
+    *,
+    max_windows: int | None = QVHIGHLIGHTS_MAX_PRED_WINDOWS,
+    top1_windows: Sequence[np.ndarray] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Official QVHighlights moment retrieval metrics (MR-mAP and MR-R1 per length bucket).
 
@@ -509,18 +580,31 @@ def qvhighlights_moment_metrics(
     0.5:0.05:0.95 with the VOC 'all points' interpolation, averaged over queries; R1 from the first
     predicted window (in the given order; the submission format sorts by score) against its
     best-IoU ground-truth window. Percentages rounded to 2 decimals; an empty bucket gives NaN.
+    Predicted values are scored in the official arithmetic whatever they are: NaN, Infinity and
+    start > end included (see `official_cross_iou` and `detection_average_precision`).
 
     Args:
         pred_windows: per query, (K, 2) predicted windows in seconds, in submission order.
         pred_scores: per query, (K,) their scores.
         gt_windows: per query, (M, 2) ground-truth windows in seconds.
         length_buckets: the length buckets (official: short (0, 10], middle (10, 30], long (30, 150]).
+        max_windows: windows of each query that mAP takes, first as given; None for all, when the
+            caller has cut them (the official code cuts each submission row to 10 and pools the
+            rows of a repeated qid).
+        top1_windows: per query, the (2,) window that R1 scores; None for each query's first
+            predicted window (the official code takes the last row of a repeated qid).
 
     Returns:
         `{set: {"MR-mAP": {"0.5": .., ..., "0.95": .., "average": ..}, "MR-R1": {"0.5": .., ...}}}`
         for each bucket and "full", in bucket order then "full" (the official order).
     """
-    preds, scores, gts = _validate_queries(pred_windows, pred_scores, gt_windows)
+    preds, scores, gts = _validate_queries(pred_windows, pred_scores, gt_windows, any_prediction_values=True)
+    if top1_windows is None:
+        top1_all = np.stack([p[0] for p in preds])  # (Q, 2)
+    else:
+        top1_all = np.asarray(top1_windows, dtype=np.float64).reshape(-1, 2)  # (Q, 2)
+        if len(top1_all) != len(preds):
+            raise ValueError(f"need one top-1 window per query, got {len(top1_all)} for {len(preds)} queries")
     keys = [str(t) for t in QVHIGHLIGHTS_IOU_THRESHOLDS]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for bucket in (*length_buckets, None):
@@ -534,19 +618,17 @@ def qvhighlights_moment_metrics(
             continue
         ap = np.array(
             [
-                detection_average_precision(
-                    preds[i][:QVHIGHLIGHTS_MAX_PRED_WINDOWS], scores[i][:QVHIGHLIGHTS_MAX_PRED_WINDOWS], g
-                )
+                detection_average_precision(preds[i][:max_windows], scores[i][:max_windows], g)
                 for i, g in zip(members, bucket_gts, strict=True)
             ]
         )  # (Q, 10); the official averages this very array over axis 0, hence no per-threshold loop
         ap_per_threshold = ap.mean(0)
         mr_map = {key: _official_round(v) for key, v in zip(keys, ap_per_threshold, strict=True)}
         mr_map["average"] = _official_round(np.mean(ap_per_threshold))
-        top1 = np.stack([preds[i][0] for i in members])  # (Q, 2)
+        top1 = top1_all[members]  # (Q, 2)
         best_gt = np.stack(
-            [g[np.argmax(temporal_iou(top1[q : q + 1], g)[0])] for q, g in enumerate(bucket_gts)]
-        )  # (Q, 2), first of equal-IoU windows
+            [g[np.argmax(official_cross_iou(top1[q : q + 1], g)[0])] for q, g in enumerate(bucket_gts)]
+        )  # (Q, 2), first of equal-IoU windows (the first NaN, as numpy's argmax)
         top1_iou = _hull_iou(top1, best_gt)  # (Q,)
         mr_r1 = {
             key: round(float(np.mean(top1_iou >= t)) * 100, 2)
@@ -574,11 +656,19 @@ def qvhighlights_highlight_metrics(
             HL-mAP compares the first T scores with the T labelled clips, a shorter list padded
             with score 0; Hit1 takes the top clip of the N scores as given, and a top clip at
             index >= T (no label, e.g. the trailing partial clip of an odd duration) is a miss.
+            NaN or Infinity is scored where the official code scores it: Hit1's top clip is
+            numpy's argmax (the first NaN, else the first maximum), and HL-mAP ignores the
+            scores of an annotator whose labels are all equal.
         gt_saliency: per query, (T, A) annotator scores 0..4 for every clip of the video (0 for the
             clips outside the relevant ones), A annotators (3 in QVHighlights).
 
     Returns:
         `{"HL-min-Fair": {"HL-mAP": .., "HL-Hit1": ..}, "HL-min-Good": ..., "HL-min-VeryGood": ...}`.
+
+    Raises:
+        NonFiniteScoreError: carrying the query index, for NaN or Infinity among the first T scores
+            of a query where some annotator's labels at some level are mixed (the official code
+            fails there).
     """
     if len(pred_saliency) != len(gt_saliency) or not gt_saliency:
         raise ValueError(
@@ -592,8 +682,6 @@ def qvhighlights_highlight_metrics(
             raise ValueError(f"query {i}: saliency labels must be (T, A) with the same A, got {g.shape}")
         if p.ndim != 1 or len(p) == 0:
             raise ValueError(f"query {i}: predicted clip scores must be a non-empty vector, got {p.shape}")
-        if not np.all(np.isfinite(p)):
-            raise ValueError(f"query {i}: non-finite predicted clip score")
     out = {}
     for level, min_score in HIGHLIGHT_MIN_SCORES.items():
         ap = np.zeros((len(preds), num_annotators))  # (Q, A)
@@ -605,7 +693,10 @@ def qvhighlights_highlight_metrics(
             labelled = np.zeros(len(g))  # (T,): the first T scores, 0 past the end of a short list
             labelled[: min(len(p), len(g))] = p[: len(g)]
             for a in range(num_annotators):
-                ap[i, a] = highlight_average_precision(positive[:, a], labelled)
+                try:
+                    ap[i, a] = highlight_average_precision(positive[:, a], labelled)
+                except NonFiniteScoreError as err:
+                    raise NonFiniteScoreError(f"query {i}: {err}", query_index=i) from err
         out[f"HL-min-{level}"] = {
             "HL-mAP": _official_round(np.mean(ap)),
             "HL-Hit1": _official_round(np.mean(hit)),

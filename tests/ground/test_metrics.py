@@ -416,28 +416,18 @@ def test_recall_protocol() -> None:
             r"misses 1 of the 2 ground-truth queries, e.g. qid 1 \(first at ground truth row 0",
         ),
         ([*SUB_ROWS, sub_row(3, [[0, 2, 1.0]])], GT_ROWS, r"1 queries not in the ground truth, e.g. qid 3"),
-        (
-            [*SUB_ROWS, SUB_ROWS[0]],
-            GT_ROWS,
-            r"submission row 2 \(qid 2\): qid repeated \(first at submission row 0",
-        ),
         (SUB_ROWS, [*GT_ROWS, {**GT_ROWS[0], "qid": 1.0}], r"row 2 \(qid 1.0\): qid repeated"),
-        (
-            [sub_row(2, [[16, 4, 0.9]]), SUB_ROWS[1]],
-            GT_ROWS,
-            r"row 0 \(qid 2\): pred_relevant_windows\[0\] has start > end",
-        ),
         (
             [sub_row(2, [[4, 16]]), SUB_ROWS[1]],
             GT_ROWS,
-            r"'pred_relevant_windows'\[0\] must start with 3 finite numbers",
+            r"'pred_relevant_windows'\[0\] must start with 3 numbers",
         ),
         ([sub_row(2, []), SUB_ROWS[1]], GT_ROWS, r"'pred_relevant_windows' must be a non-empty list"),
-        ([sub_row(2, [[4, 16, 0.9]], saliency=[0.0, None]), SUB_ROWS[1]], GT_ROWS, "finite numbers"),
+        ([sub_row(2, [[4, 16, 0.9]], saliency=[0.0, None]), SUB_ROWS[1]], GT_ROWS, "list of numbers"),
         (
             [SUB_ROWS[0], {k: v for k, v in SUB_ROWS[1].items() if k != "pred_saliency_scores"}],
             GT_ROWS,
-            r"row 1 \(qid 1\): no 'pred_saliency_scores' while other queries have it",
+            r"row 1 \(qid 1\): no 'pred_saliency_scores' while submission row 0 has it",
         ),
         ([{**SUB_ROWS[0], "qid": [2]}, SUB_ROWS[1]], GT_ROWS, "qid must be an int or a string"),
         (
@@ -505,10 +495,13 @@ def test_cli_reports_malformed_lines(tmp_path: Path, capsys, text: str, message:
 
 
 def test_cli_file_errors_name_the_line_and_qid(tmp_path: Path, capsys) -> None:
-    sub = write_jsonl(tmp_path / "pred.jsonl", [SUB_ROWS[0], sub_row(1, [[0, 6, 0.5], [8, 0, 0.6]])])
+    sub = write_jsonl(tmp_path / "pred.jsonl", [SUB_ROWS[0], sub_row(1, [[0, 6, 0.5], [0, "8", 0.6]])])
     gt = write_jsonl(tmp_path / "gt.jsonl", GT_ROWS)
     assert main(["--submission", str(sub), "--gt", str(gt)]) == 1
-    assert "pred.jsonl line 2 (qid 1): pred_relevant_windows[1] has start > end" in capsys.readouterr().err
+    assert (
+        "pred.jsonl line 2 (qid 1): 'pred_relevant_windows'[1] must start with 3 numbers"
+        in capsys.readouterr().err
+    )
     assert main(["--submission", str(tmp_path / "missing.jsonl"), "--gt", str(gt)]) == 1
     assert "missing.jsonl" in capsys.readouterr().err
 
