@@ -212,9 +212,9 @@ class GroundingModule(L.LightningModule):
             row = {
                 "qid": qid,
                 "vid": batch["vid"][i],
-                "pred_relevant_windows": [
-                    [round(s, 4), round(e, 4), round(c, 6)] for (s, e), c in zip(windows, scores, strict=True)
-                ],
+                # Unrounded: rounding scores makes near-ties that `ground eval` ranks otherwise than
+                # `ground test` did, and rounded windows move IoUs across thresholds.
+                "pred_relevant_windows": [[s, e, c] for (s, e), c in zip(windows, scores, strict=True)],
             }
             if preds.saliency is not None:
                 n = int(batch["video_mask"][i].sum())
