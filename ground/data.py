@@ -5,6 +5,9 @@ tensors (on the GPU when training there). A batch is a vectorized gather of quer
 per-sample Python in the hot loop. Long videos are trained on random crops that contain the
 target window (`max_train_clips`); evaluation sees whole videos (the module slides a window
 over very long ones, see `ground.module`).
+
+Under DDP each process holds every split it uses in full (on its device when `device_resident`)
+and iterates over its share of the queries (`_BatchIndices`); docs/scaling.md gives the memory.
 """
 
 from __future__ import annotations

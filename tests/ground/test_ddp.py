@@ -207,23 +207,17 @@ def test_predict_with_two_processes_writes_one_process_submission(
 ) -> None:
     cache, root = ddp_run
     (last,) = root.rglob("last.ckpt")
+    # One query per batch: a batch is padded to its longest video, which changes float sums in the
+    # last bits, so a query batched with other neighbours than in the 1-process run would differ
+    # by ~1e-6 in the 6th decimal. Alone in its batch it computes the same arithmetic either way.
+    args = ["--data.eval_batch_size", "1", "--ckpt_path", str(last)]
     two, one = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
-    output = _ground(
-        "predict",
-        *_common(cache, tmp_path / "r2"),
-        *TWO_PROCESSES,
-        "--ckpt_path",
-        str(last),
-        "--out",
-        str(two),
-    )
-    assert output.count("wrote 9 predictions") == 1  # rank 0 writes, once
-    _ground(
-        "predict", *_common(cache, tmp_path / "r1"), *ONE_PROCESS, "--ckpt_path", str(last), "--out", str(one)
-    )
+    output = _ground("predict", *_common(cache, tmp_path / "r2"), *TWO_PROCESSES, *args, "--out", str(two))
+    assert output.count("wrote 9 predictions") == 1  # gathered from both shares; rank 0 writes, once
+    _ground("predict", *_common(cache, tmp_path / "r1"), *ONE_PROCESS, *args, "--out", str(one))
     rows = [json.loads(line) for line in two.read_text().splitlines()]
     assert [r["qid"] for r in rows] == [q.qid for q in CacheReader(cache).queries("test")]
-    assert rows == [json.loads(line) for line in one.read_text().splitlines()]
+    assert two.read_text() == one.read_text()
 
 
 @pytest.mark.slow
