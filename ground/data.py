@@ -291,7 +291,7 @@ class GroundingDataModule(L.LightningDataModule):
         val_split: split validated on (checkpoint selection).
         test_split: split tested on.
         predict_split: split `predict` writes predictions for.
-        batch_size: queries per batch.
+        batch_size: queries per batch (per process under DDP).
         eval_batch_size: queries per batch in validation/test/predict (default: batch_size).
         max_train_clips: crop training videos longer than this many clips around the target (None: no crop).
         window_policy: ground truth past the end of the features: "clip" (counted, warned) or "error".

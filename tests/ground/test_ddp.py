@@ -73,7 +73,10 @@ def _sync_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_metric_synced_over_two_processes_equals_one_process(tmp_path: Path) -> None:
     """The reported crash (`if not self.pred_counts` on a synced tensor), and the padding repeat."""
-    mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # fork, not spawn: the children need nothing re-imported (spawn re-imports torch and Lightning).
+    mp.start_processes(
+        _sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     one = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
     for i in range(5):
         one.update(*_query(i))
