@@ -114,26 +114,30 @@ class CollectPredictions(Callback):
             shares: list[list[dict] | None] = [None] * trainer.world_size
             torch.distributed.all_gather_object(shares, rows)
             rows = [row for share in shares for row in share]
-        datamodule = trainer.datamodule
-        split = datamodule.load(datamodule.hparams.predict_split)
-        self.rows = one_row_per_query(rows, split.qids)
+        name = trainer.datamodule.hparams.predict_split
+        self.rows = one_row_per_query(rows, trainer.datamodule.load(name).qids, name)
 
 
-def one_row_per_query(rows: list[dict], qids: list[str]) -> list[dict]:
-    """The rows of `qids`, in that order, keeping the first row of a query predicted twice.
+def one_row_per_query(rows: list[dict], qids: list[str], split: str) -> list[dict]:
+    """The rows of `qids` (split `split`), in that order, keeping the first row of a query predicted twice.
 
     Raises:
-        ValueError: naming a query of `qids` without a row, or a row whose qid is not in `qids`.
+        ValueError: naming the queries of the split without a row, or rows whose qid is not in it.
     """
     by_qid: dict[str, dict] = {}
     for row in rows:
         by_qid.setdefault(row["qid"], row)
     missing = [qid for qid in qids if qid not in by_qid]
-    unknown = sorted(set(by_qid) - set(qids))
-    if missing or unknown:
+    if missing:
         raise ValueError(
-            f"predictions do not match the split: {len(missing)} queries without a prediction "
-            f"(e.g. {missing[:5]}), {len(unknown)} predictions for unknown queries (e.g. {unknown[:5]})"
+            f"split {split!r}: {len(missing)} of {len(qids)} queries have no prediction "
+            f"(e.g. {missing[:5]}); a submission needs the whole split "
+            "(is --trainer.limit_predict_batches set?)"
+        )
+    unknown = sorted(set(by_qid) - set(qids))
+    if unknown:
+        raise ValueError(
+            f"split {split!r}: predictions for {len(unknown)} queries not in it (e.g. {unknown[:5]})"
         )
     return [by_qid[qid] for qid in qids]
 

@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 
 from cache_schema import CacheReader
 from cache_schema.fake import write_fake_cache
+from ground.cli import one_row_per_query
 from ground.data import GroundingDataModule
 from ground.metrics import QVHIGHLIGHTS_LENGTH_BUCKETS, MomentRetrievalMetric
 
@@ -112,6 +113,20 @@ def test_shares_cover_the_split_once_plus_padding(tmp_path: Path) -> None:
         train_shares.append([i for batch in loader.sampler for i in batch])
     assert sorted(set(train_shares[0]) | set(train_shares[1])) == list(range(n_train))
     assert len(train_shares[0]) == len(train_shares[1]) == math.ceil(n_train / 2)
+
+
+def test_gathered_rows_become_one_row_per_query_in_split_order() -> None:
+    # Rank 0 predicted q0, q1; rank 1 predicted q2 and, as padding, q2 again.
+    rows = [{"qid": "q2", "n": 1}, {"qid": "q2", "n": 2}, {"qid": "q0", "n": 3}, {"qid": "q1", "n": 4}]
+    assert one_row_per_query(rows, ["q0", "q1", "q2"], "test") == [rows[2], rows[3], rows[0]]
+    with pytest.raises(
+        ValueError, match=r"split 'test': 1 of 4 queries have no prediction \(e.g. \['q3'\]\)"
+    ):
+        one_row_per_query(rows, ["q0", "q1", "q2", "q3"], "test")
+    with pytest.raises(
+        ValueError, match=r"split 'test': predictions for 1 queries not in it \(e.g. \['q2'\]\)"
+    ):
+        one_row_per_query(rows, ["q0", "q1"], "test")
 
 
 # ---------------------------------------------------------------------------------------------
