@@ -68,6 +68,12 @@ def _sync_worker(rank: int, init_file: str, out_dir: str) -> None:
             metric.update(*_query(i))
         values = metric.compute()
         torch.save({k: v.item() for k, v in values.items()}, Path(out_dir) / f"rank{rank}.pt")
+        # A process without any labelled query still takes part in the gather (as an empty share).
+        lonely = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
+        for i in SHARES[0] if rank == 0 else []:
+            lonely.update(*_query(i))
+        values = lonely.compute()
+        torch.save({k: v.item() for k, v in values.items()}, Path(out_dir) / f"lonely{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -83,11 +89,16 @@ def test_metric_synced_over_two_processes_equals_one_process(tmp_path: Path) -> 
         one.update(*_query(i))
     expected = {k: v.item() for k, v in one.compute().items()}
     assert expected["MR-full-num_queries"] == 5.0
+    only_rank0 = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
+    for i in SHARES[0]:
+        only_rank0.update(*_query(i))
+    expected_lonely = {k: v.item() for k, v in only_rank0.compute().items()}
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got.keys() == expected.keys()
-        for key, value in expected.items():
-            assert got[key] == value or (math.isnan(got[key]) and math.isnan(value)), (rank, key)
+        for name, want in (("rank", expected), ("lonely", expected_lonely)):
+            got = torch.load(tmp_path / f"{name}{rank}.pt")
+            assert got.keys() == want.keys()
+            for key, value in want.items():
+                assert got[key] == value or (math.isnan(got[key]) and math.isnan(value)), (name, rank, key)
 
 
 def test_shares_cover_the_split_once_plus_padding(tmp_path: Path) -> None:
