@@ -390,8 +390,8 @@ class MomentRetrievalMetric(Metric):
     length by repeating queries. States are flat float64 vectors gathered with `dist_reduce_fx="cat"`
     (1-D and of the metric's dtype, so a process that saw no labelled query gathers as an empty
     vector); `compute` then keeps the first copy of each query index and scores the queries in
-    index order. The numbers are therefore those of one process on the same split, bit for bit,
-    whatever the world size.
+    index order. From the same predictions the numbers are therefore those of one process on the
+    same split, bit for bit, whatever the world size.
 
     Args:
         recall_at: the k of R@k.
