@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
+from ground.errors import GroundingInputError
 from ground.module import GroundingModule, check_stopping_rule
 
 MONITOR = "val/MR-full-R1@0.5"
@@ -84,6 +85,8 @@ class GroundCLI(LightningCLI):
         print(f"best checkpoint: {callback.best_model_path if callback else '(none)'}")
 
     def after_predict(self) -> None:
+        if not self.trainer.is_global_zero:  # every process holds the gathered rows; one writes them
+            return
         out = Path(self.config.predict.get("out") or "predictions.jsonl")
         write_predictions(out, self._collector.rows, self.datamodule)
         print(f"wrote {len(self._collector.rows)} predictions to {out}")
@@ -108,13 +111,53 @@ def _trainer_defaults() -> dict:
 
 
 class CollectPredictions(Callback):
-    """Keeps every predict batch's rows so `after_predict` can write one submission file."""
+    """Keeps every predict batch's rows; at the end, `rows` holds the whole split's, one per query.
+
+    Under DDP each process predicts a share of the split, padded with repeated queries; the rows of
+    all processes are gathered, and `one_row_per_query` puts them in split order, each query once.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
 
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.rows = []
+
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.rows.extend(outputs)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        rows = self.rows
+        if trainer.world_size > 1:
+            shares: list[list[dict] | None] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, rows)
+            rows = [row for share in shares for row in share]
+        name = trainer.datamodule.hparams.predict_split
+        self.rows = one_row_per_query(rows, trainer.datamodule.load(name).qids, name)
+
+
+def one_row_per_query(rows: list[dict], qids: list[str], split: str) -> list[dict]:
+    """The rows of `qids` (split `split`), in that order, keeping the first row of a query predicted twice.
+
+    Raises:
+        GroundingInputError: naming the queries of the split without a row, or rows whose qid is not in it.
+    """
+    by_qid: dict[str, dict] = {}
+    for row in rows:
+        by_qid.setdefault(row["qid"], row)
+    missing = [qid for qid in qids if qid not in by_qid]
+    if missing:
+        raise GroundingInputError(
+            f"split {split!r}: {len(missing)} of {len(qids)} queries have no prediction "
+            f"(e.g. {missing[:5]}); a submission needs the whole split "
+            "(is --trainer.limit_predict_batches set?)"
+        )
+    unknown = sorted(set(by_qid) - set(qids))
+    if unknown:
+        raise GroundingInputError(
+            f"split {split!r}: predictions for {len(unknown)} queries not in it (e.g. {unknown[:5]})"
+        )
+    return [by_qid[qid] for qid in qids]
 
 
 def run_lightning(argv: list[str]) -> int:

@@ -5,6 +5,9 @@ tensors (on the GPU when training there). A batch is a vectorized gather of quer
 per-sample Python in the hot loop. Long videos are trained on random crops that contain the
 target window (`max_train_clips`); evaluation sees whole videos (the module slides a window
 over very long ones, see `ground.module`).
+
+Under DDP each process holds every split it uses in full (on its device when `device_resident`)
+and iterates over its share of the queries (`_BatchIndices`); docs/scaling.md gives the memory.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cache_schema import CacheReader, EncoderSpec, SplitArrays
 from ground.errors import UnknownEncoderError
@@ -131,6 +134,7 @@ class SplitTensors:
             "window_mask": torch.arange(self.windows.shape[1], device=idx.device)[None, :] < counts[:, None],
             "saliency": self.saliency[idx, :t],  # (B, T)
             "saliency_mask": self.saliency_mask[idx, :t],
+            "query_index": idx,  # (B,) position of each query in the split
             "qid": [self.qids[i] for i in idx.tolist()],
             "vid": [self.vids[i] for i in idx.tolist()],
         }
@@ -181,6 +185,7 @@ class SplitTensors:
             "window_mask": window_mask,
             "saliency": self.saliency[qrows, pos] * video_mask,
             "saliency_mask": self.saliency_mask[qrows, pos] & video_mask,
+            "query_index": idx,  # (B,) position of each query in the split
             "qid": [self.qids[i] for i in idx.tolist()],
             "vid": [self.vids[i] for i in idx.tolist()],
         }
@@ -227,33 +232,53 @@ class _IndexBatches(Dataset):
         return self.split.gather(idx, max_clips=self.max_clips, generator=self.generator)
 
 
-class _BatchIndices(Sampler[list[int]]):
+class _BatchIndices(DistributedSampler):
+    """Batches of query indices from this process's share of a split.
+
+    The split's queries (in a new order each epoch when shuffled, seeded by `seed + epoch` so every
+    process draws the same one and a resumed run the one it would have drawn) are cut into
+    `num_replicas` contiguous shares of `ceil(n / num_replicas)` queries; the last shares are padded
+    by repeating the final query, so every process runs the same number of batches (DDP steps in
+    lockstep). Metrics (by `query_index`) and predictions (by qid) count a repeated query once.
+
+    It is a `DistributedSampler` only so that Lightning leaves it alone: Lightning wraps any other
+    sampler in its `DistributedSamplerWrapper`, which would shard the batches a second time.
+
+    Args:
+        n: queries in the split.
+        batch_size: queries per batch.
+        shuffle: draw a new order each epoch (training) instead of split order.
+        seed: base seed of the order.
+        num_replicas: processes sharing the split (the world size).
+        rank: this process's rank.
+    """
+
     def __init__(
         self,
         n: int,
         batch_size: int,
+        *,
         shuffle: bool,
-        generator: torch.Generator | None,
-        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
-        self.n, self.batch_size, self.shuffle, self.generator, self.drop_last = (
-            n,
-            batch_size,
-            shuffle,
-            generator,
-            drop_last,
-        )
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.n, self.batch_size = n, batch_size
+        self.share = math.ceil(n / num_replicas)  # queries per process, repeats included
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
-        for i in range(0, self.n, self.batch_size):
-            chunk = order[i : i + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                return
-            yield chunk.tolist()
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        padded = torch.cat([order, order[-1:].expand(self.share * self.num_replicas - self.n)])
+        mine = padded[self.rank * self.share : (self.rank + 1) * self.share]  # (share,)
+        for i in range(0, self.share, self.batch_size):
+            yield mine[i : i + self.batch_size].tolist()
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        return math.ceil(self.share / self.batch_size)
 
 
 class GroundingDataModule(L.LightningDataModule):
@@ -267,7 +292,7 @@ class GroundingDataModule(L.LightningDataModule):
         val_split: split validated on (checkpoint selection).
         test_split: split tested on.
         predict_split: split `predict` writes predictions for.
-        batch_size: queries per batch.
+        batch_size: queries per batch (per process under DDP).
         eval_batch_size: queries per batch in validation/test/predict (default: batch_size).
         max_train_clips: crop training videos longer than this many clips around the target (None: no crop).
         window_policy: ground truth past the end of the features: "clip" (counted, warned) or "error".
@@ -378,8 +403,14 @@ class GroundingDataModule(L.LightningDataModule):
         dataset = _IndexBatches(
             tensors, self.hparams.max_train_clips if train else None, self.generator if train else None
         )
+        trainer = getattr(self, "trainer", None)
         sampler = _BatchIndices(
-            len(tensors), batch_size, shuffle=train, generator=self.generator if train else None
+            len(tensors),
+            batch_size,
+            shuffle=train,
+            seed=self.hparams.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
         )
         # batch_size=None: each sampler item is already a batch of indices, gathered in one call.
         return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)

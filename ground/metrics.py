@@ -451,9 +451,15 @@ def retrieval_metrics(
 class MomentRetrievalMetric(Metric):
     """`retrieval_metrics` as a torchmetrics `Metric`, accumulating batches (e.g. Lightning validation).
 
-    `update` takes the decoded predictions and the batch's ground truth (the `ground.data` layout);
-    `compute` returns the `retrieval_metrics` dict as float tensors. States are lists of flattened
-    windows plus per-query counts, so they gather across processes with `dist_reduce_fx="cat"`.
+    `update` takes each query's index in its split, the decoded predictions and the batch's ground
+    truth (the `ground.data` layout); `compute` returns the `retrieval_metrics` dict as float tensors.
+
+    Under DDP every process sees a share of the split, and the sampler pads the shares to equal
+    length by repeating queries. States are flat float64 vectors gathered with `dist_reduce_fx="cat"`
+    (1-D and of the metric's dtype, so a process that saw no labelled query gathers as an empty
+    vector); `compute` then keeps the first copy of each query index and scores the queries in
+    index order. From the same predictions the numbers are therefore those of one process on the
+    same split, bit for bit, whatever the world size.
 
     Args:
         recall_at: the k of R@k.
@@ -483,11 +489,17 @@ class MomentRetrievalMetric(Metric):
         self.map_iou_thresholds = tuple(map_iou_thresholds)
         self.map_max_windows = map_max_windows
         self.length_buckets = tuple(length_buckets)
-        for state in ("pred_windows", "pred_scores", "pred_counts", "gt_windows", "gt_counts"):
+        # Per query: its index, its number of real predicted / ground-truth windows; and the windows
+        # themselves, flattened, in query order.
+        for state in ("query_index", "pred_counts", "pred_windows", "pred_scores", "gt_counts", "gt_windows"):
             self.add_state(state, default=[], dist_reduce_fx="cat")
+        # torchmetrics stands in an empty vector of the metric's dtype for a process with no update;
+        # float64 matches the states (exact for query indices below 2**53).
+        self.set_dtype(torch.float64)
 
     def update(
         self,
+        query_index: torch.Tensor,
         pred_windows: torch.Tensor,
         pred_scores: torch.Tensor,
         gt_windows: torch.Tensor,
@@ -496,10 +508,15 @@ class MomentRetrievalMetric(Metric):
         """Add a batch.
 
         Args:
+            query_index: (B,) integer index of each query in its split (the batch's `query_index`);
+                a query seen twice (DDP padding) is scored once.
             pred_windows: (B, K, 2) predicted windows in seconds.
             pred_scores: (B, K) their scores; -inf marks a filler slot, which is left out.
             gt_windows: (B, W, 2) ground-truth windows in seconds, padded.
             window_mask: (B, W) True where a ground-truth window is real.
+
+        Raises:
+            ValueError: on mismatched shapes, or a query without a finite-scored window.
         """
         shapes_ok = pred_windows.ndim == 3 and pred_windows.shape[2] == 2
         if not shapes_ok or pred_scores.shape != pred_windows.shape[:2]:
@@ -513,34 +530,56 @@ class MomentRetrievalMetric(Metric):
                 f"expected gt_windows (B, W, 2) and window_mask (B, W) with B={batch}, got "
                 f"{tuple(gt_windows.shape)} and {tuple(window_mask.shape)}"
             )
+        if query_index.shape != (batch,) or query_index.is_floating_point():
+            raise ValueError(f"expected an integer query_index of shape ({batch},), got {query_index!r}")
         # Slots scored -inf are fillers (`Predictions`: fewer real candidates than K); drop them
         # rather than score copies of a window twice.
         real = torch.isfinite(pred_scores)  # (B, K)
         if not real.any(dim=1).all():
             raise ValueError("every query needs at least one window with a finite score")
-        self.pred_windows.append(pred_windows.detach()[real].double())  # (sum K_b, 2), row-major = per query
-        self.pred_scores.append(pred_scores.detach()[real].double())  # (sum K_b,)
-        self.pred_counts.append(real.sum(dim=1).long())  # (B,)
         mask = window_mask.bool()
-        self.gt_windows.append(gt_windows.detach()[mask].double())  # (sum W_b, 2), row-major = per query
-        self.gt_counts.append(mask.sum(dim=1).long())  # (B,)
+        self.query_index.append(query_index.detach().double())  # (B,)
+        self.pred_counts.append(real.sum(dim=1).double())  # (B,)
+        self.pred_windows.append(pred_windows.detach()[real].double().flatten())  # (2 sum K_b,), per query
+        self.pred_scores.append(pred_scores.detach()[real].double())  # (sum K_b,)
+        self.gt_counts.append(mask.sum(dim=1).double())  # (B,)
+        self.gt_windows.append(gt_windows.detach()[mask].double().flatten())  # (2 sum W_b,), per query
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Return `retrieval_metrics` over every query seen, as float tensors."""
+        """Return `retrieval_metrics` over every distinct query seen (by all processes), as float tensors.
+
+        Raises:
+            ValueError: no query was added, or one query index came with two different ground truths
+                (the indices are not positions in one split).
+        """
 
         def cat(state: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
-            # After a distributed sync a list state is already one concatenated tensor.
-            return (torch.cat(state) if isinstance(state, list) else state).cpu().numpy()
+            # Before a distributed sync a state is a list of per-batch vectors, after it one vector.
+            if isinstance(state, list):
+                state = torch.cat(state) if state else torch.zeros(0, dtype=torch.float64)
+            return state.cpu().numpy()
 
-        if not self.pred_counts:
-            raise ValueError("MomentRetrievalMetric.compute() called before any update()")
-        pred_counts, gt_counts = cat(self.pred_counts), cat(self.gt_counts)
-        pred_split = np.cumsum(pred_counts)[:-1]
-        gt_split = np.cumsum(gt_counts)[:-1]
+        query_index = cat(self.query_index).astype(np.int64)  # (Q,) with repeats
+        if len(query_index) == 0:
+            raise ValueError("MomentRetrievalMetric.compute() called before any update() on any process")
+        pred_counts, gt_counts = cat(self.pred_counts).astype(np.int64), cat(self.gt_counts).astype(np.int64)
+        pred_split, gt_split = np.cumsum(pred_counts)[:-1], np.cumsum(gt_counts)[:-1]
+        pred_windows = np.split(cat(self.pred_windows).reshape(-1, 2), pred_split)
+        pred_scores = np.split(cat(self.pred_scores), pred_split)
+        gt_windows = np.split(cat(self.gt_windows).reshape(-1, 2), gt_split)
+        # One row per query index, in index order: the first copy (lowest rank) of a repeated query.
+        distinct, first = np.unique(query_index, return_index=True)
+        for i, index in enumerate(query_index):
+            kept = first[np.searchsorted(distinct, index)]
+            if not np.array_equal(gt_windows[i], gt_windows[kept]):
+                raise ValueError(
+                    f"query index {index} was added twice with different ground-truth windows; "
+                    "query_index must be the position of the query in its split"
+                )
         metrics = retrieval_metrics(
-            np.split(cat(self.pred_windows), pred_split),
-            np.split(cat(self.pred_scores), pred_split),
-            np.split(cat(self.gt_windows), gt_split),
+            [pred_windows[i] for i in first],
+            [pred_scores[i] for i in first],
+            [gt_windows[i] for i in first],
             recall_at=self.recall_at,
             iou_thresholds=self.iou_thresholds,
             map_iou_thresholds=self.map_iou_thresholds,

@@ -176,6 +176,7 @@ class GroundingModule(L.LightningModule):
         labelled = batch["window_mask"].any(dim=1)
         if labelled.any():
             metric.update(
+                batch["query_index"][labelled],
                 preds.windows[labelled],
                 preds.scores[labelled],
                 batch["windows"][labelled],
@@ -190,10 +191,14 @@ class GroundingModule(L.LightningModule):
         self._eval_step(batch, self.test_metric)
 
     def _log_metric(self, metric: MomentRetrievalMetric, prefix: str) -> None:
-        if not metric.pred_counts:
+        # compute() gathers the states of every process, so all of them must call it or none: a
+        # split without labelled queries logs nothing, one process without any still takes part.
+        if not self.trainer.strategy.reduce_boolean_decision(metric.update_called, all=False):
             return
-        values = metric.compute()
-        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=True)
+        values = metric.compute()  # the same numbers on every process
+        # Already equal everywhere: a max across processes keeps them bit for bit, where the default
+        # mean (sum, then divide by the world size) could round them with 3 processes.
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()}, sync_dist=True, reduce_fx="max")
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:

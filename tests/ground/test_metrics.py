@@ -206,6 +206,7 @@ def test_torchmetrics_metric_accumulates_padded_batches() -> None:
     metric = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
     # Batch 1: two queries, the second with a padded ground-truth slot.
     metric.update(
+        torch.tensor([0, 1]),
         torch.tensor([[[0.0, 10.0], [20.0, 28.0]], [[0.0, 4.0], [0.0, 10.0]]]),
         torch.tensor([[0.9, 0.1], [0.8, 0.7]]),
         torch.tensor([[[0.0, 6.0], [20.0, 30.0]], [[0.0, 10.0], [0.0, 0.0]]]),
@@ -213,6 +214,7 @@ def test_torchmetrics_metric_accumulates_padded_batches() -> None:
     )
     # Batch 2: another K and W.
     metric.update(
+        torch.tensor([2]),
         torch.tensor([[[50.0, 60.0], [0.0, 12.0], [1.0, 9.0]]]),
         torch.tensor([[0.5, 0.4, 0.3]]),
         torch.tensor([[[0.0, 10.0]]]),
@@ -237,6 +239,62 @@ def test_torchmetrics_metric_accumulates_padded_batches() -> None:
         pytest.warns(UserWarning, match="before the ``update``"),
         pytest.raises(ValueError, match="before any"),
     ):
+        metric.compute()
+
+
+def _three_queries() -> list[tuple[torch.Tensor, ...]]:
+    """Three one-query batches (index, windows, scores, ground truth, mask) with different results."""
+    return [
+        (
+            torch.tensor([0]),
+            torch.tensor([[[0.0, 10.0], [20.0, 28.0]]]),
+            torch.tensor([[0.9, 0.1]]),
+            torch.tensor([[[0.0, 6.0], [20.0, 30.0]]]),
+            torch.tensor([[True, True]]),
+        ),
+        (
+            torch.tensor([1]),
+            torch.tensor([[[0.0, 8.0]]]),
+            torch.tensor([[0.8]]),
+            torch.tensor([[[0.0, 10.0]]]),
+            torch.tensor([[True]]),
+        ),
+        (
+            torch.tensor([2]),
+            torch.tensor([[[50.0, 60.0], [1.0, 9.0]]]),
+            torch.tensor([[0.5, 0.3]]),
+            torch.tensor([[[0.0, 10.0]]]),
+            torch.tensor([[True]]),
+        ),
+    ]
+
+
+def test_metric_counts_a_repeated_query_once_in_index_order() -> None:
+    """DDP padding repeats queries and shares arrive in any order: the numbers stay one process's."""
+    once = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
+    for batch in _three_queries():
+        once.update(*batch)
+    shuffled = MomentRetrievalMetric(length_buckets=QVHIGHLIGHTS_LENGTH_BUCKETS)
+    first, second, third = _three_queries()
+    # Query 1 comes twice, the second time with another prediction: the first copy is kept.
+    repeat = (second[0], torch.tensor([[[40.0, 50.0]]]), *second[2:])
+    for batch in (third, second, first, repeat):
+        shuffled.update(*batch)
+    expected, got = once.compute(), shuffled.compute()
+    assert expected["MR-full-num_queries"].item() == 3.0
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]) or (got[key].isnan() and expected[key].isnan()), key
+    # Counted twice, query 1's second prediction (IoU 0) would give R1@0.5 2/4 instead of 2/3.
+    assert got["MR-full-R1@0.5"].item() == pytest.approx(100 * 2 / 3)
+
+
+def test_metric_refuses_one_index_with_two_ground_truths() -> None:
+    metric = MomentRetrievalMetric()
+    first, second, _ = _three_queries()
+    metric.update(*first)
+    metric.update(first[0], *second[1:])  # index 0 again, but query 1's ground truth
+    with pytest.raises(ValueError, match="query index 0 was added twice with different ground-truth"):
         metric.compute()
 
 
@@ -640,10 +698,12 @@ def test_metric_drops_filler_slots() -> None:
     mask = torch.tensor([[True]])
     with_filler = MomentRetrievalMetric()
     windows, scores = torch.tensor([[[0.0, 4.0], [0.0, 4.0]]]), torch.tensor([[1.0, float("-inf")]])
-    with_filler.update(windows, scores, gt, mask)
+    with_filler.update(torch.tensor([0]), windows, scores, gt, mask)
     alone = MomentRetrievalMetric()
-    alone.update(torch.tensor([[[0.0, 4.0]]]), torch.tensor([[1.0]]), gt, mask)
+    alone.update(torch.tensor([0]), torch.tensor([[[0.0, 4.0]]]), torch.tensor([[1.0]]), gt, mask)
     assert with_filler.compute() == alone.compute()
     assert with_filler.compute()["MR-full-mAP"] == 100.0
     with pytest.raises(ValueError, match="at least one window"):
-        MomentRetrievalMetric().update(torch.zeros(1, 1, 2), torch.tensor([[float("-inf")]]), gt, mask)
+        MomentRetrievalMetric().update(
+            torch.tensor([0]), torch.zeros(1, 1, 2), torch.tensor([[float("-inf")]]), gt, mask
+        )
