@@ -4,6 +4,7 @@
         --cache data/synthetic/cache.h5
 
 Endpoints (docs/serving.md): `POST /ground` (JSON naming a video, or a multipart upload),
+`POST /ground/features` (precomputed per-clip features, JSON capped like uploads),
 `GET /videos`, `GET /health`, `GET /media/{path}` (range requests, for the player) and `GET /`
 (the page). Every error is JSON `{"error": ...}` with its status code.
 
@@ -19,13 +20,17 @@ default) or put a proxy with authentication in front.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -34,7 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ground.predict import COARSE_TO_FINE_DEFAULT, Grounder, VideoNotFoundError, VideoReadError
+from ground.predict import (
+    COARSE_TO_FINE_DEFAULT,
+    FeatureDimError,
+    Grounder,
+    VideoNotFoundError,
+    VideoReadError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +122,75 @@ def _form_fields(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
         else:
             fields[name] = given[0]
     return fields
+
+
+class EncodedArray(BaseModel):
+    """A float array as base64 of its little-endian bytes (C order)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dtype: Literal["float16", "float32"]
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+    data: str = Field(description="base64 (RFC 4648, with padding) of prod(shape) little-endian floats")
+
+
+Matrix = EncodedArray | list[list[float]]
+Vector = EncodedArray | list[float]
+
+
+class QueryFeatures(BaseModel):
+    """One precomputed query: token features and the pooled sentence feature of the text encoder."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: Matrix = Field(description="(L, Dt)")
+    pooled: Vector = Field(description="(Dt,)")
+    label: Query | None = Field(None, description="what the result calls this query")
+
+
+class FeaturesRequest(BaseModel):
+    """`POST /ground/features` JSON body: precomputed per-clip video features and queries.
+
+    Exactly one of `timestamps_sec` / `clip_sec`, and one of `queries` / `query_features`.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    video_features: Matrix = Field(description="(T, Dv) features of the checkpoint's video encoders")
+    timestamps_sec: list[tuple[float, float]] | None = Field(None, description="(T, 2) [start, end) per clip")
+    clip_sec: float | None = Field(None, gt=0, description="clip i covers [i * clip_sec, (i + 1) * clip_sec)")
+    duration_sec: float | None = Field(None, gt=0, description="None: the end of the last clip")
+    queries: list[Query] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    query_features: list[QueryFeatures] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    top_k: int = Field(5, ge=1, le=100)
+
+
+_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def _array(value: EncodedArray | list, ndim: int, where: str) -> np.ndarray:
+    """The array a request field holds, (ndim)-dimensional, or a 422 naming the field."""
+    if isinstance(value, EncodedArray):
+        if len(value.shape) != ndim:
+            raise HTTPException(422, f"{where}: shape {value.shape} must have {ndim} dims")
+        try:
+            raw = base64.b64decode(value.data, validate=True)
+        except binascii.Error as err:
+            raise HTTPException(422, f"{where}: data is not base64 ({err})") from None
+        dtype = _DTYPES[value.dtype]
+        expected = math.prod(value.shape) * dtype.itemsize
+        if len(raw) != expected:
+            raise HTTPException(
+                422,
+                f"{where}: {len(raw)} bytes of data; shape {value.shape} of {value.dtype} needs {expected}",
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(value.shape)
+    if ndim == 2 and len({len(row) for row in value}) > 1:
+        raise HTTPException(422, f"{where}: rows of different lengths")
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != ndim or array.size == 0:
+        raise HTTPException(422, f"{where}: expected a non-empty {ndim}-dim array, got shape {array.shape}")
+    return array
 
 
 class Window(BaseModel):
@@ -299,6 +379,20 @@ MEDIA_PATH_STATUS: dict[type[MediaPathError], int] = {
     MediaNotFound: 404,
     MediaPathTooLong: 414,
 }
+
+
+GROUNDING_ERROR_STATUS: dict[type[Exception], int] = {
+    VideoNotFoundError: 404,
+    VideoReadError: 400,
+    FeatureDimError: 422,
+    ValueError: 400,
+}
+"""Status of each error `Grounder` raises for bad input, first match wins (FeatureDimError is a
+ValueError); anything else is a bug and a 500."""
+
+
+def _grounding_status(err: Exception) -> int | None:
+    return next((code for kind, code in GROUNDING_ERROR_STATUS.items() if isinstance(err, kind)), None)
 
 
 # -- request body limits ------------------------------------------------------------------------
@@ -524,6 +618,52 @@ def create_app(
         results = await _run(video, req.queries, req.top_k, req.coarse_to_fine)
         return _respond(req.video_id, results, vid)
 
+    @app.post(
+        "/ground/features",
+        response_model=GroundResponse,
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": FeaturesRequest.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def ground_features(request: Request) -> JSONResponse:
+        if _body_kind(request.headers.get("content-type", "")) != "json":
+            raise HTTPException(415, "POST /ground/features takes application/json")
+        # Features are as large as a video's upload: the upload cap, not the small JSON one.
+        _check_length(request, upload_limit)
+        try:
+            body = await Request(request.scope, _capped(request.receive, upload_limit)).body()
+        except _BodyTooLarge:
+            raise _too_large(upload_limit) from None
+        try:
+            req = FeaturesRequest.model_validate_json(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False)) from None
+        text_features = labels = None
+        if req.query_features is not None:
+            text_features = [
+                (
+                    _array(q.tokens, 2, f"query_features[{i}].tokens"),
+                    _array(q.pooled, 1, f"query_features[{i}].pooled"),
+                )
+                for i, q in enumerate(req.query_features)
+            ]
+            labels = [q.label or f"features[{i}]" for i, q in enumerate(req.query_features)]
+        results = await _in_thread(
+            grounder.ground_features,
+            _array(req.video_features, 2, "video_features"),
+            req.queries,
+            timestamps_sec=None if req.timestamps_sec is None else np.asarray(req.timestamps_sec),
+            clip_sec=req.clip_sec,
+            duration_sec=req.duration_sec,
+            text_features=text_features,
+            labels=labels,
+            top_k=req.top_k,
+        )
+        return _respond("features", results, None)
+
     async def _ground_upload(request: Request) -> JSONResponse:
         _check_length(request, upload_limit)
         limited = Request(request.scope, _capped(request.receive, upload_limit))
@@ -558,17 +698,17 @@ def create_app(
     async def _run(
         video: str | Path, queries: Sequence[str], top_k: int, coarse_to_fine: bool | None
     ) -> list:
+        # Inference is CPU/GPU bound: keep it off the event loop.
+        return await _in_thread(grounder.ground, video, queries, top_k=top_k, coarse_to_fine=coarse_to_fine)
+
+    async def _in_thread(function: Callable[..., list], *args: Any, **kwargs: Any) -> list:
         try:
-            # Inference is CPU/GPU bound: keep it off the event loop.
-            return await run_in_threadpool(
-                grounder.ground, video, queries, top_k=top_k, coarse_to_fine=coarse_to_fine
-            )
-        except VideoNotFoundError as err:
-            raise HTTPException(404, str(err)) from None
-        except VideoReadError as err:
-            raise HTTPException(400, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from None
+            return await run_in_threadpool(function, *args, **kwargs)
+        except Exception as err:
+            status = _grounding_status(err)
+            if status is None:
+                raise
+            raise HTTPException(status, str(err)) from None
 
     def _respond(video_id: str, results: list, vid: str | None) -> JSONResponse:
         response = GroundResponse(
