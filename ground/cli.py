@@ -249,6 +249,13 @@ def _serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
+def _watch(argv: list[str]) -> int:
+    """watch a live video (file, URL, device, stdin) for standing queries; events as JSON lines"""
+    from ground.watch.watcher import watch_main
+
+    return watch_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "fit": _fit,
     "validate": _validate,
@@ -260,6 +267,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "calibrate-presence": _calibrate_presence,
     "bench-coarse-to-fine": _bench_coarse_to_fine,
     "serve": _serve,
+    "watch": _watch,
     "export": _export,
     "demo": _demo,
     "zoo": _zoo,

@@ -378,6 +378,28 @@ class Grounder:
                     )
             return self._answer(clip, names, text, top_k, refine=False)
 
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Features of frames decoded elsewhere (a live stream), resized and encoded as files are.
+
+        Args:
+            frames: N >= 1 RGB frames (H, W, 3) uint8 at their native size.
+
+        Returns:
+            (N, Dv) float32: the video encoders' features concatenated in checkpoint order, as
+            `ground_features` takes them.
+
+        Raises:
+            GroundingInputError: an encoder takes clips (frames_per_feature > 1), not single frames.
+        """
+        clip_encoders = [s.name for s in self.video_specs if (s.frames_per_feature or 1) > 1]
+        if clip_encoders:
+            raise GroundingInputError(
+                f"checkpoint {self.checkpoint}: clip encoders {clip_encoders} cannot encode single frames"
+            )
+        with self._lock, torch.inference_mode():
+            features = self._feature_extractor().encode_decoded_frames(frames)
+        return np.concatenate([features[s.name].astype(np.float32) for s in self.video_specs], axis=1)
+
     @property
     def video_dims(self) -> dict[str, int]:
         """Feature dim of each video encoder, in the order their features are concatenated."""
