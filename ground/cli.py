@@ -256,6 +256,13 @@ def _watch(argv: list[str]) -> int:
     return watch_main(argv)
 
 
+def _bench_watch(argv: list[str]) -> int:
+    """play video files as streams: match rate against ground-video, real-time factor, RSS"""
+    from ground.watch.bench import bench_watch_main
+
+    return bench_watch_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "fit": _fit,
     "validate": _validate,
@@ -268,6 +275,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "bench-coarse-to-fine": _bench_coarse_to_fine,
     "serve": _serve,
     "watch": _watch,
+    "bench-watch": _bench_watch,
     "export": _export,
     "demo": _demo,
     "zoo": _zoo,

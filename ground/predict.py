@@ -378,6 +378,23 @@ class Grounder:
                     )
             return self._answer(clip, names, text, top_k, refine=False)
 
+    def video_features(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:
+        """The features `ground` computes for a video file, as `ground_features` takes them.
+
+        Returns:
+            features (T, Dv) float32, timestamps_sec (T, 2), duration_sec.
+
+        Raises:
+            VideoNotFoundError: no such file.
+            VideoReadError: the file cannot be decoded.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise VideoNotFoundError(f"video {str(path)!r} is not a file")
+        with self._lock, torch.inference_mode():
+            clip = self._load_video(path)
+        return clip.features, clip.timestamps_sec, clip.duration_sec
+
     def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Features of frames decoded elsewhere (a live stream), resized and encoded as files are.
 

@@ -28,6 +28,7 @@ from test_predict import World, grounding_world
 
 from ground.models.blocks import Predictions
 from ground.predict import Grounder
+from ground.watch.bench import match_rate, offline_passes
 from ground.watch.ring import FeatureRing
 from ground.watch.source import SourceEvent, StreamSource
 from ground.watch.tracker import OccurrenceTracker
@@ -305,3 +306,17 @@ def test_stdin_stall_and_sigterm(world: World, tmp_path: Path) -> None:
     # Frames up to the stall were grounded (the decoder may still hold the last few).
     assert events[-1]["stream_time"] >= 6.0
     process.stdin.close()
+
+
+def test_the_stream_reports_what_ground_video_finds(oracle: Grounder, stream_file: Path) -> None:
+    events, _ = _run(oracle, StreamSource(str(stream_file), fps=1.0, speed=0))
+    offline = offline_passes(oracle, stream_file, ["a red square appears"], window_sec=4.0, hop_sec=1.0)
+    found = [o for o in offline if o["presence"] >= oracle.presence_threshold]
+    assert [o["pass_end_sec"] for o in offline] == [float(k) for k in range(1, SECONDS + 1)]
+    # A 4-s window shows red at the passes ending at 5..11 s (clips 4-7) and 12..16 s (clips 11-12).
+    assert [o["pass_end_sec"] for o in found] == [float(k) for k in [*range(5, 12), *range(12, 17)]]
+    assert match_rate(offline, events, oracle.presence_threshold, 1.0, 1.0) == (len(found), len(found))
+    # The check can fail: without the second occurrence's events, its windows are missed.
+    first_only = [e for e in events if e["query"] is None or e["start_sec"] < 10]
+    reported, total = match_rate(offline, first_only, oracle.presence_threshold, 1.0, 1.0)
+    assert 0 < reported < total
