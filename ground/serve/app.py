@@ -20,8 +20,10 @@ default) or put a proxy with authentication in front.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
+import json
 import logging
 import math
 import os
@@ -32,8 +34,9 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -46,6 +49,7 @@ from ground.predict import (
     VideoNotFoundError,
     VideoReadError,
 )
+from ground.serve.streams import StreamNotAllowed, StreamNotFound, StreamRegistry, TooManyStreams
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,31 @@ def _array(value: EncodedArray | list, ndim: int, where: str) -> np.ndarray:
     if array.ndim != ndim or array.size == 0:
         raise HTTPException(422, f"{where}: expected a non-empty {ndim}-dim array, got shape {array.shape}")
     return array
+
+
+class StreamRequest(BaseModel):
+    """`POST /streams`: watch an allow-listed source for standing queries."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: str = Field(min_length=1, max_length=MAX_PATH_BYTES, description="one of GET /streams' sources")
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+    window_sec: float = Field(30.0, gt=0, le=3600, description="seconds each pass sees")
+    hop_sec: float = Field(2.0, gt=0, le=3600, description="stream seconds between passes")
+    speed: float = Field(1.0, ge=0, le=1000, description="files: x real time; 0 as fast as possible")
+
+
+class QueriesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+
+
+class StreamInfo(BaseModel):
+    id: str
+    source: str
+    queries: list[str]
+    finished: bool = Field(description="the source ended or failed (its events stay readable)")
 
 
 class Window(BaseModel):
@@ -385,6 +414,9 @@ GROUNDING_ERROR_STATUS: dict[type[Exception], int] = {
     VideoNotFoundError: 404,
     VideoReadError: 400,
     FeatureDimError: 422,
+    StreamNotAllowed: 403,
+    StreamNotFound: 404,
+    TooManyStreams: 429,
     ValueError: 400,
 }
 """Status of each error `Grounder` raises for bad input, first match wins (FeatureDimError is a
@@ -479,6 +511,7 @@ def create_app(
     *,
     max_upload_mb: float = 200,
     cache: str | os.PathLike | None = None,
+    allowed_sources: Sequence[str] = (),
 ) -> FastAPI:
     """Build the API around a Grounder (or a checkpoint path, loaded with `cache`).
 
@@ -488,6 +521,7 @@ def create_app(
         max_upload_mb: largest multipart upload in MiB (413 above it).
         cache: cache to answer cached video ids from (only with a checkpoint path; a Grounder
             carries its own).
+        allowed_sources: the live sources (URLs, devices, files) `POST /streams` may open.
     """
     if isinstance(grounder_or_ckpt, Grounder):
         if cache is not None:
@@ -730,6 +764,103 @@ def create_app(
         )
         return JSONResponse(response.model_dump())
 
+    streams = StreamRegistry(grounder, allowed_sources)
+    app.router.on_shutdown.append(streams.close_all)
+
+    @app.exception_handler(StreamNotAllowed)
+    @app.exception_handler(StreamNotFound)
+    @app.exception_handler(TooManyStreams)
+    async def stream_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=_grounding_status(exc))
+
+    async def _json(request: Request, model: type[BaseModel]) -> Any:
+        if _body_kind(request.headers.get("content-type", "")) != "json":
+            raise HTTPException(415, f"{request.method} {request.url.path} takes application/json")
+        _check_length(request, MAX_JSON_BYTES)
+        try:
+            body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
+        except _BodyTooLarge:
+            raise _too_large(MAX_JSON_BYTES) from None
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False)) from None
+
+    def _info(stream) -> StreamInfo:
+        return StreamInfo(
+            id=stream.id, source=stream.source, queries=stream.watcher.queries, finished=stream.finished
+        )
+
+    @app.get("/streams")
+    def list_streams() -> dict[str, Any]:
+        return {
+            "allowed_sources": streams.allowed,
+            "streams": [_info(s).model_dump() for s in streams.streams.values()],
+        }
+
+    @app.post("/streams", status_code=201, response_model=StreamInfo)
+    async def open_stream(request: Request) -> JSONResponse:
+        req = await _json(request, StreamRequest)
+        stream = await _in_thread(
+            streams.open,
+            req.source,
+            req.queries,
+            window_sec=req.window_sec,
+            hop_sec=req.hop_sec,
+            speed=req.speed,
+        )
+        return JSONResponse(_info(stream).model_dump(), status_code=201)
+
+    @app.post("/streams/{stream_id}/queries", response_model=StreamInfo)
+    async def add_queries(stream_id: str, request: Request) -> StreamInfo:
+        stream = streams.get(stream_id)
+        req = await _json(request, QueriesRequest)
+        await _in_thread(stream.watcher.add_queries, req.queries)
+        return _info(stream)
+
+    @app.delete("/streams/{stream_id}/queries", response_model=StreamInfo)
+    def remove_queries(stream_id: str, query: Annotated[list[str] | None, QueryParam()] = None) -> StreamInfo:
+        """`?query=...&query=...`: stop watching these (an open occurrence gets its `ended` event)."""
+        stream = streams.get(stream_id)
+        if not query:
+            raise HTTPException(400, "name the queries to remove: ?query=...")
+        unknown = [q for q in query if q not in stream.watcher.queries]
+        if unknown:
+            raise HTTPException(404, f"stream {stream_id}: no standing query {_shown(unknown[0])}")
+        stream.watcher.remove_queries(query)
+        return _info(stream)
+
+    @app.delete("/streams/{stream_id}", response_model=StreamInfo)
+    def close_stream(stream_id: str) -> StreamInfo:
+        return _info(streams.close(stream_id))
+
+    @app.get("/streams/{stream_id}/events")
+    async def stream_events(stream_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: every event of the stream from the first (or after `Last-Event-ID`),
+        each `id: N` + `data: {json}`; the stream closes after the `stopped` event."""
+        stream = streams.get(stream_id)
+        last = request.headers.get("last-event-id", "")
+        start = int(last) + 1 if last.isascii() and last.isdigit() else 0
+
+        async def events():
+            seq = start
+            while True:
+                batch, missed = stream.since(seq)
+                if missed:
+                    yield f"event: missed\ndata: {json.dumps({'missed': missed})}\n\n"
+                for n, event in batch:
+                    yield f"id: {n}\ndata: {json.dumps(event)}\n\n"
+                    seq = n + 1
+                    if event.get("state") == "stopped":
+                        return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
@@ -752,12 +883,20 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=200, help="largest upload (413 above)")
     parser.add_argument("--device", default="cpu", help="torch device of the network and encoders")
+    parser.add_argument(
+        "--allow-source",
+        action="append",
+        default=[],
+        help="a live source (URL, device, file) that POST /streams may watch (repeat for several)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
 
     grounder = Grounder.from_checkpoint(args.ckpt, device=args.device, cache=args.cache)
-    app = create_app(grounder, args.media_root, max_upload_mb=args.max_upload_mb)
+    app = create_app(
+        grounder, args.media_root, max_upload_mb=args.max_upload_mb, allowed_sources=args.allow_source
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without authentication; anyone who can reach it can use it", args.host)
     uvicorn.run(app, host=args.host, port=args.port)
