@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from test_browser import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (fixture)
 from test_watch import EVENTS_SEC, oracle, stream_file, world  # noqa: F401 (fixtures)
 
 from ground.predict import Grounder
@@ -94,3 +95,32 @@ def test_only_allow_listed_sources(server: str, stream_file: Path) -> None:  # n
     )
     assert strict.status_code == 422
     assert httpx.get(f"{server}/streams/nosuch/events").status_code == 404
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver)",
+)
+def test_the_live_view_lights_one_lane_per_query(server: str, browser) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 300)
+    browser.get(server + "/")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#live-source option"))
+    browser.find_element(By.ID, "live-queries").send_keys(f"{QUERY}\na blue square appears")
+    speed = browser.find_element(By.ID, "live-speed")
+    speed.clear()
+    speed.send_keys("0")
+    browser.find_element(By.ID, "live-start").click()
+    wait.until(lambda d: d.find_element(By.ID, "live-status").text.startswith("stopped"))
+    lanes = browser.find_elements(By.CSS_SELECTOR, "#live-lanes .lane")
+    assert [lane.get_attribute("data-query") for lane in lanes] == [QUERY, "a blue square appears"]
+    boxes = lanes[0].find_elements(By.CSS_SELECTOR, ".occurrence")
+    drawn = [(float(b.get_attribute("data-start")), float(b.get_attribute("data-end"))) for b in boxes]
+    assert drawn == EVENTS_SEC
+    # The oracle sees red whatever the sentence: the second lane shows the same occurrences.
+    assert len(lanes[1].find_elements(By.CSS_SELECTOR, ".occurrence")) == 2
+    assert "lit" not in lanes[0].get_attribute("class")  # all ended
+    assert "error" not in browser.find_element(By.ID, "live-status").get_attribute("class")

@@ -87,7 +87,7 @@ def stream_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class RedOracle(torch.nn.Module):
-    """Finds the longest run of clips whose feature is nearer `red` than `background`."""
+    """Finds the latest run of clips whose feature is nearer `red` than `background`."""
 
     def __init__(self, red: np.ndarray, background: np.ndarray) -> None:
         super().__init__()
@@ -107,7 +107,7 @@ class RedOracle(torch.nn.Module):
                 if flag and run is None:
                     run = i
                 elif not flag and run is not None:
-                    best = max(best, (run, i), key=lambda r: r[1] - r[0])
+                    best = (run, i)  # the latest run: what a live view is about
                     run = None
             ts = batch["timestamps"][b]  # (T, 2)
             first, last = best if best[1] > best[0] else (0, 1)
@@ -143,7 +143,7 @@ def _run(
             if event["stream_time"] >= stop_after_sec:
                 stop.set()
 
-    # A 4-s window holds one red run at a time, so the oracle's longest run is the current one.
+    # A 4-s window holds one red run at a time.
     watcher = Watcher(grounder, ["a red square appears"], emit, window_sec=4.0, hop_sec=1.0)
     summary = run_watch(source, watcher, emit, stop)
     return events, summary
