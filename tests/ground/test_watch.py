@@ -320,3 +320,14 @@ def test_the_stream_reports_what_ground_video_finds(oracle: Grounder, stream_fil
     first_only = [e for e in events if e["query"] is None or e["start_sec"] < 10]
     reported, total = match_rate(offline, first_only, oracle.presence_threshold, 1.0, 1.0)
     assert 0 < reported < total
+
+
+def test_watch_refuses_a_missing_source_in_one_line(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from ground.cli import main as ground_main
+
+    argv = ["watch", "--ckpt", str(world.ckpt), "--source", "/no/such/cam.ts", "--query", "x"]
+    assert ground_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "/no/such/cam.ts" in err and "no such file" in err and "Traceback" not in err
+    assert ground_main([*argv[:3], "--source", "-", "--query", "x", "--hop-sec", "0.1"]) == 2
+    assert "--hop-sec must be at least one clip" in capsys.readouterr().err
