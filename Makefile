@@ -6,7 +6,7 @@ MODEL ?= span
 ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import bench-predict
+.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import bench-predict bench-watch
 
 setup: $(STAMP)
 
@@ -52,3 +52,6 @@ bench-import: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(PY) -m ground.bench_predict $(ARGS)
+
+bench-watch: $(STAMP)
+	$(PY) -m ground bench-watch $(ARGS)

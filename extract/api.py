@@ -29,12 +29,25 @@ import torch
 from cache_schema.spec import EncoderSpec
 from cache_schema.store import CacheReader
 from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder
-from extract.video import Backend, SampledVideo, VideoDecodeError, decode_frames_at, sample_video
+from extract.video import (
+    Backend,
+    SampledVideo,
+    VideoDecodeError,
+    _output_size,
+    _resize,
+    decode_frames_at,
+    sample_video,
+)
 
 # Re-exported: what callers of this interface catch when a video cannot be read.
 __all__ = [
-    "FeatureExtractor", "VideoDecodeError", "decode_short_side", "encode_frames", "encode_texts",
-    "frames_for_encoder", "sample_for_encoders",
+    "FeatureExtractor",
+    "VideoDecodeError",
+    "decode_short_side",
+    "encode_frames",
+    "encode_texts",
+    "frames_for_encoder",
+    "sample_for_encoders",
 ]
 
 log = logging.getLogger(__name__)
@@ -439,6 +452,41 @@ class FeatureExtractor:
         frames = decode_frames_at(path, times_sec, size=self.frame_size, backend=self.backend)  # (N, H, W, 3)
         return {
             name: encode_frames(enc, frames).astype(enc.video_spec.numpy_dtype)
+            for name, enc in self.video_encoders.items()
+        }
+
+    def encode_decoded_frames(self, frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Features of frames decoded elsewhere (a live stream), one feature per frame.
+
+        Each frame is resized as :meth:`encode_video` resizes the frames it decodes (shorter side
+        ``frame_size``, FFmpeg's area filter), so a frame gives the feature it has in a cache.
+
+        Args:
+            frames: N >= 1 RGB frames (H, W, 3) uint8 at their native size.
+
+        Returns:
+            Encoder name -> (N, D) features in the spec's storage dtype.
+
+        Raises:
+            ValueError: An encoder takes clips (frames_per_feature > 1), or a frame is not (H, W, 3) uint8.
+        """
+        self._require_video()
+        clip_encoders = [n for n, s in self.video_specs.items() if (s.frames_per_feature or 1) > 1]
+        if clip_encoders:
+            raise ValueError(
+                f"encode_decoded_frames encodes single frames; clip encoders {clip_encoders} need clips"
+            )
+        resized = []
+        for i, rgb in enumerate(frames):
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(f"frame {i}: expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+            height, width = rgb.shape[:2]
+            resized.append(_resize(rgb, _output_size(width, height, self.frame_size)))
+        if not resized:
+            raise ValueError("encode_decoded_frames: no frames")
+        batch = np.stack(resized)  # (N, H, W, 3)
+        return {
+            name: encode_frames(enc, batch).astype(enc.video_spec.numpy_dtype)
             for name, enc in self.video_encoders.items()
         }
 

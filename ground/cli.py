@@ -342,6 +342,20 @@ def _serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
+def _watch(argv: list[str]) -> int:
+    """watch a live video (file, URL, device, stdin) for standing queries; events as JSON lines"""
+    from ground.watch.watcher import watch_main
+
+    return watch_main(argv)
+
+
+def _bench_watch(argv: list[str]) -> int:
+    """play video files as streams: match rate against ground-video, real-time factor, RSS"""
+    from ground.watch.bench import bench_watch_main
+
+    return bench_watch_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "fit": _fit,
     "validate": _validate,
@@ -353,6 +367,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "calibrate-presence": _calibrate_presence,
     "bench-coarse-to-fine": _bench_coarse_to_fine,
     "serve": _serve,
+    "watch": _watch,
+    "bench-watch": _bench_watch,
     "export": _export,
     "demo": _demo,
     "zoo": _zoo,

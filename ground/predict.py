@@ -80,6 +80,10 @@ class VideoReadError(GroundcacheError, RuntimeError):
     """A video file could not be decoded or encoded; the message names the file."""
 
 
+class FeatureDimError(EncoderMismatchError):
+    """Precomputed features whose dim differs from the checkpoint's encoders; names both dims."""
+
+
 @dataclass(frozen=True)
 class GroundingResult:
     """The answer to one query on one video.
@@ -296,29 +300,228 @@ class Grounder:
             VideoNotFoundError: `video` is neither a file nor a cached id.
             VideoReadError: the file cannot be decoded.
         """
-        queries = list(queries)
-        if not queries:
-            raise GroundingInputError("ground: no queries given")
-        for i, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                raise GroundingInputError(f"ground: query {i} is empty")
+        queries = _checked_queries(queries, "ground")
         if top_k < 1:
             raise GroundingInputError(f"ground: top_k must be >= 1, got {top_k}")
         with self._lock, torch.inference_mode():
             clip = self._load_video(video)
             refine = self._decide_coarse_to_fine(coarse_to_fine, clip, video)
             text = self._text_features(queries)
-            batch = _batch(clip, text, self.device)
-            preds = self._decode(batch, top_k)
-            refined = [False] * len(queries)
-            windows = preds.windows.double().cpu().numpy()  # (B, K, 2)
-            scores = preds.scores.double().cpu().numpy()  # (B, K)
-            if refine:
-                windows, refined = self._refine(clip, text, windows, scores)
-            return [
-                self._result(i, query, clip, windows[i], scores[i], preds, refined[i], batch)
-                for i, query in enumerate(queries)
-            ]
+            return self._answer(clip, queries, text, top_k, refine)
+
+    def encode_queries(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Text features of sentences, to ground them many times without re-encoding (standing queries).
+
+        Returns:
+            One `(tokens (L, Dt), pooled (Dt,))` pair per sentence (cached texts are read from the cache).
+
+        Raises:
+            GroundingInputError: no queries, or an empty one.
+        """
+        queries = _checked_queries(queries, "encode_queries")
+        with self._lock, torch.inference_mode():
+            return self._text_features(queries)
+
+    def ground_features(
+        self,
+        features: np.ndarray,
+        queries: Sequence[str] | None = None,
+        *,
+        timestamps_sec: np.ndarray | None = None,
+        clip_sec: float | None = None,
+        duration_sec: float | None = None,
+        text_features: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+        labels: Sequence[str] | None = None,
+        top_k: int = 5,
+    ) -> list[GroundingResult]:
+        """Ground queries on precomputed per-clip video features: no video is decoded.
+
+        The features must come from the checkpoint's video encoders (concatenated in checkpoint
+        order, `video_dims`); nothing checks more than the dim, so features of another model with
+        the same dim give meaningless answers.
+
+        Args:
+            features: (T, Dv) per-clip video features, any float dtype.
+            queries: sentences (the text encoder runs); or None with `text_features`.
+            timestamps_sec: (T, 2) [start, end) of each clip in seconds, increasing, inside
+                [0, duration_sec]; or None with `clip_sec`.
+            clip_sec: clip length: clip i covers [i * clip_sec, (i + 1) * clip_sec).
+            duration_sec: video duration; None takes the end of the last clip.
+            text_features: precomputed `(tokens (L, Dt), pooled (Dt,))` per query, instead of
+                `queries` (see `encode_queries`).
+            labels: what the results call each `text_features` query (default `features[i]`).
+            top_k: windows returned per query.
+
+        Returns:
+            One result per query, in order; windows in the seconds of `timestamps_sec`.
+
+        Raises:
+            FeatureDimError: a feature dim differs from the checkpoint's encoders (both named).
+            GroundingInputError: anything else malformed (shapes, non-finite values, timestamps
+                that overlap or lie outside the duration, both or neither of queries /
+                text_features or timestamps_sec / clip_sec).
+        """
+        if top_k < 1:
+            raise GroundingInputError(f"ground_features: top_k must be >= 1, got {top_k}")
+        clip = self._feature_video(features, timestamps_sec, clip_sec, duration_sec)
+        if (queries is None) == (text_features is None):
+            raise GroundingInputError("ground_features: give either queries or text_features")
+        with self._lock, torch.inference_mode():
+            if queries is not None:
+                if labels is not None:
+                    raise GroundingInputError("ground_features: labels name text_features, not queries")
+                names = _checked_queries(queries, "ground_features")
+                text = self._text_features(names)
+            else:
+                text = self._checked_text_features(text_features)
+                names = list(labels) if labels is not None else [f"features[{i}]" for i in range(len(text))]
+                if len(names) != len(text):
+                    raise GroundingInputError(
+                        f"ground_features: {len(names)} labels for {len(text)} text_features"
+                    )
+            return self._answer(clip, names, text, top_k, refine=False)
+
+    def video_features(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:
+        """The features `ground` computes for a video file, as `ground_features` takes them.
+
+        Returns:
+            features (T, Dv) float32, timestamps_sec (T, 2), duration_sec.
+
+        Raises:
+            VideoNotFoundError: no such file.
+            VideoReadError: the file cannot be decoded.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise VideoNotFoundError(f"video {str(path)!r} is not a file")
+        with self._lock, torch.inference_mode():
+            clip = self._load_video(path)
+        return clip.features, clip.timestamps_sec, clip.duration_sec
+
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Features of frames decoded elsewhere (a live stream), resized and encoded as files are.
+
+        Args:
+            frames: N >= 1 RGB frames (H, W, 3) uint8 at their native size.
+
+        Returns:
+            (N, Dv) float32: the video encoders' features concatenated in checkpoint order, as
+            `ground_features` takes them.
+
+        Raises:
+            GroundingInputError: an encoder takes clips (frames_per_feature > 1), not single frames.
+        """
+        clip_encoders = [s.name for s in self.video_specs if (s.frames_per_feature or 1) > 1]
+        if clip_encoders:
+            raise GroundingInputError(
+                f"checkpoint {self.checkpoint}: clip encoders {clip_encoders} cannot encode single frames"
+            )
+        with self._lock, torch.inference_mode():
+            features = self._feature_extractor().encode_decoded_frames(frames)
+        return np.concatenate([features[s.name].astype(np.float32) for s in self.video_specs], axis=1)
+
+    @property
+    def video_dims(self) -> dict[str, int]:
+        """Feature dim of each video encoder, in the order their features are concatenated."""
+        return {s.name: s.dim for s in self.video_specs}
+
+    def _feature_video(
+        self,
+        features: np.ndarray,
+        timestamps_sec: np.ndarray | None,
+        clip_sec: float | None,
+        duration_sec: float | None,
+    ) -> _Video:
+        """Precomputed features checked against the checkpoint, with their clip times."""
+        features = np.asarray(features)
+        expected = sum(self.video_dims.values())
+        if features.ndim != 2 or len(features) == 0:
+            raise GroundingInputError(f"video features must be (T >= 1, D), got shape {features.shape}")
+        if features.shape[1] != expected:
+            raise FeatureDimError(
+                f"video features have dim {features.shape[1]}; checkpoint {self.checkpoint} expects dim "
+                f"{expected} ({describe_specs(self.video_specs)})"
+            )
+        if not np.issubdtype(features.dtype, np.floating) or not np.isfinite(features).all():
+            raise GroundingInputError(
+                f"video features must be finite floats (dtype {features.dtype}; "
+                f"first bad clip {_first_bad_row(features)})"
+            )
+        t = len(features)
+        if (timestamps_sec is None) == (clip_sec is None):
+            raise GroundingInputError("video features need either clip timestamps_sec or a clip_sec")
+        if clip_sec is not None:
+            if not (math.isfinite(clip_sec) and clip_sec > 0):
+                raise GroundingInputError(f"clip_sec must be a positive number, got {clip_sec}")
+            i = np.arange(t, dtype=np.float64)
+            ts = np.stack([i * clip_sec, (i + 1) * clip_sec], axis=1)  # (T, 2)
+        else:
+            ts = np.asarray(timestamps_sec, dtype=np.float64)
+            if ts.shape != (t, 2):
+                raise GroundingInputError(f"timestamps_sec must be ({t}, 2) for {t} clips, got {ts.shape}")
+            bad = ~np.isfinite(ts).all(axis=1) | (ts[:, 0] < 0) | (ts[:, 1] <= ts[:, 0])
+            bad[1:] |= ts[1:, 0] < ts[:-1, 1] - _EDGE_TOLERANCE_SEC
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise GroundingInputError(
+                    f"clip {i}: timestamps [{ts[i, 0]}, {ts[i, 1]}] must be finite, non-negative, "
+                    "start < end, and not before the previous clip's end"
+                )
+        end_sec = float(ts[-1, 1])
+        if duration_sec is None:
+            duration_sec = end_sec
+        elif not (math.isfinite(duration_sec) and duration_sec >= end_sec - _EDGE_TOLERANCE_SEC):
+            raise GroundingInputError(
+                f"duration_sec {duration_sec} ends before the last clip's end {end_sec}"
+            )
+        return _Video(features.astype(np.float32), ts, float(duration_sec), path=None)
+
+    def _checked_text_features(
+        self, text_features: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        dim = self.text_spec.dim
+        if len(text_features) == 0:
+            raise GroundingInputError("ground_features: no text_features given")
+        for i, pair in enumerate(text_features):
+            tokens, pooled = (np.asarray(a) for a in pair)
+            if tokens.ndim != 2 or len(tokens) == 0 or pooled.ndim != 1:
+                raise GroundingInputError(
+                    f"text_features[{i}]: tokens must be (L >= 1, D) and pooled (D,), got "
+                    f"{tokens.shape} and {pooled.shape}"
+                )
+            for what, got in (("tokens", tokens.shape[1]), ("pooled", pooled.shape[0])):
+                if got != dim:
+                    raise FeatureDimError(
+                        f"text_features[{i}]: {what} have dim {got}; checkpoint {self.checkpoint} expects "
+                        f"dim {dim} ({describe_specs([self.text_spec])})"
+                    )
+            for what, a in (("tokens", tokens), ("pooled", pooled)):
+                if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all():
+                    raise GroundingInputError(f"text_features[{i}]: {what} must be finite floats")
+            out.append((tokens.astype(np.float32), pooled.astype(np.float32)))
+        return out
+
+    def _answer(
+        self,
+        clip: _Video,
+        queries: Sequence[str],
+        text: list[tuple[np.ndarray, np.ndarray]],
+        top_k: int,
+        refine: bool,
+    ) -> list[GroundingResult]:
+        """Run the network on one video against every query (the caller holds the lock)."""
+        batch = _batch(clip, text, self.device)
+        preds = self._decode(batch, top_k)
+        refined = [False] * len(queries)
+        windows = preds.windows.double().cpu().numpy()  # (B, K, 2)
+        scores = preds.scores.double().cpu().numpy()  # (B, K)
+        if refine:
+            windows, refined = self._refine(clip, text, windows, scores)
+        return [
+            self._result(i, query, clip, windows[i], scores[i], preds, refined[i], batch)
+            for i, query in enumerate(queries)
+        ]
 
     def _result(
         self,
@@ -463,6 +666,22 @@ class Grounder:
                 out[i, 0] = best.numpy()
             refined.append(overlap)
         return out, refined
+
+
+def _checked_queries(queries: Sequence[str], where: str) -> list[str]:
+    queries = list(queries)
+    if not queries:
+        raise GroundingInputError(f"{where}: no queries given")
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise GroundingInputError(f"{where}: query {i} is empty")
+    return queries
+
+
+def _first_bad_row(features: np.ndarray) -> int | None:
+    if not np.issubdtype(features.dtype, np.floating):
+        return None
+    return int(np.argmax(~np.isfinite(features).all(axis=1)))
 
 
 def fine_grid(lo_sec: float, hi_sec: float, stride_sec: float) -> np.ndarray:
@@ -682,13 +901,41 @@ def _load(args: argparse.Namespace, cache: str | None) -> Grounder:
     return Grounder.from_checkpoint(args.ckpt, device=args.device, cache=cache)
 
 
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """A `.npy` array (no pickles), or GroundingInputError naming the file."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise GroundingInputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise GroundingInputError(f"{path}: not a readable .npy array ({err})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise GroundingInputError(f"{path}: an .npz archive; save one array with numpy.save")
+    return array
+
+
 def ground_video_main(argv: Sequence[str] | None = None) -> int:
-    """`python -m ground ground-video --ckpt M.ckpt --video V.mp4 --query "..." [--query ...]`."""
+    """`python -m ground ground-video --ckpt M.ckpt --video V.mp4 --query "..." [--query ...]`.
+
+    With `--features F.npy --clip-sec S` (or `--timestamps TS.npy`) precomputed features are
+    grounded instead of a video (`Grounder.ground_features`).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m ground ground-video", description="Ground sentences in a video."
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `python -m ground fit`")
-    parser.add_argument("--video", required=True, help="video file, or a video id of --cache")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", help="video file, or a video id of --cache")
+    source.add_argument(
+        "--features",
+        help="precomputed (T, D) per-clip video features (.npy) of the checkpoint's video encoders; "
+        "needs --clip-sec or --timestamps",
+    )
+    parser.add_argument("--clip-sec", type=float, default=None, help="with --features: seconds per clip")
+    parser.add_argument(
+        "--timestamps", default=None, help="with --features: (T, 2) [start, end) seconds per clip (.npy)"
+    )
     parser.add_argument("--query", action="append", required=True, help="a sentence (repeat for several)")
     parser.add_argument("--top-k", type=int, default=5, help="windows per query")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -698,10 +945,21 @@ def ground_video_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="torch device")
     args = parser.parse_args(argv)
+    if args.features is None and (args.clip_sec is not None or args.timestamps is not None):
+        parser.error("--clip-sec and --timestamps go with --features")
     grounder = _load(args, args.cache)
-    results = grounder.ground(
-        args.video, args.query, top_k=args.top_k, coarse_to_fine=False if args.no_coarse_to_fine else None
-    )
+    if args.features is not None:
+        results = grounder.ground_features(
+            load_array(args.features),
+            args.query,
+            timestamps_sec=None if args.timestamps is None else load_array(args.timestamps),
+            clip_sec=args.clip_sec,
+            top_k=args.top_k,
+        )
+    else:
+        results = grounder.ground(
+            args.video, args.query, top_k=args.top_k, coarse_to_fine=False if args.no_coarse_to_fine else None
+        )
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
@@ -711,7 +969,14 @@ def ground_video_main(argv: Sequence[str] | None = None) -> int:
 
     # Queries and paths are user text: escaped, or rich reads "[...]" in them as markup.
     table = Table(
-        "query", "found", "presence", "rank", "start (s)", "end (s)", "score", title=escape(str(args.video))
+        "query",
+        "found",
+        "presence",
+        "rank",
+        "start (s)",
+        "end (s)",
+        "score",
+        title=escape(str(args.video or args.features)),
     )
     for r in results:
         presence = "-" if r.presence is None else f"{r.presence:.3f}"

@@ -4,6 +4,7 @@
         --cache data/synthetic/cache.h5
 
 Endpoints (docs/serving.md): `POST /ground` (JSON naming a video, or a multipart upload),
+`POST /ground/features` (precomputed per-clip features, JSON capped like uploads),
 `GET /videos`, `GET /health`, `GET /media/{path}` (range requests, for the player) and `GET /`
 (the page). Every error is JSON `{"error": ...}` with its status code.
 
@@ -19,22 +20,36 @@ default) or put a proxy with authentication in front.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import binascii
+import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
+from fastapi import Query as QueryParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ground.predict import COARSE_TO_FINE_DEFAULT, Grounder, VideoNotFoundError, VideoReadError
+from ground.predict import (
+    COARSE_TO_FINE_DEFAULT,
+    FeatureDimError,
+    Grounder,
+    VideoNotFoundError,
+    VideoReadError,
+)
+from ground.serve.streams import StreamNotAllowed, StreamNotFound, StreamRegistry, TooManyStreams
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +126,100 @@ def _form_fields(items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
         else:
             fields[name] = given[0]
     return fields
+
+
+class EncodedArray(BaseModel):
+    """A float array as base64 of its little-endian bytes (C order)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dtype: Literal["float16", "float32"]
+    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=2)
+    data: str = Field(description="base64 (RFC 4648, with padding) of prod(shape) little-endian floats")
+
+
+Matrix = EncodedArray | list[list[float]]
+Vector = EncodedArray | list[float]
+
+
+class QueryFeatures(BaseModel):
+    """One precomputed query: token features and the pooled sentence feature of the text encoder."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: Matrix = Field(description="(L, Dt)")
+    pooled: Vector = Field(description="(Dt,)")
+    label: Query | None = Field(None, description="what the result calls this query")
+
+
+class FeaturesRequest(BaseModel):
+    """`POST /ground/features` JSON body: precomputed per-clip video features and queries.
+
+    Exactly one of `timestamps_sec` / `clip_sec`, and one of `queries` / `query_features`.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    video_features: Matrix = Field(description="(T, Dv) features of the checkpoint's video encoders")
+    timestamps_sec: list[tuple[float, float]] | None = Field(None, description="(T, 2) [start, end) per clip")
+    clip_sec: float | None = Field(None, gt=0, description="clip i covers [i * clip_sec, (i + 1) * clip_sec)")
+    duration_sec: float | None = Field(None, gt=0, description="None: the end of the last clip")
+    queries: list[Query] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    query_features: list[QueryFeatures] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    top_k: int = Field(5, ge=1, le=100)
+
+
+_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def _array(value: EncodedArray | list, ndim: int, where: str) -> np.ndarray:
+    """The array a request field holds, (ndim)-dimensional, or a 422 naming the field."""
+    if isinstance(value, EncodedArray):
+        if len(value.shape) != ndim:
+            raise HTTPException(422, f"{where}: shape {value.shape} must have {ndim} dims")
+        try:
+            raw = base64.b64decode(value.data, validate=True)
+        except binascii.Error as err:
+            raise HTTPException(422, f"{where}: data is not base64 ({err})") from None
+        dtype = _DTYPES[value.dtype]
+        expected = math.prod(value.shape) * dtype.itemsize
+        if len(raw) != expected:
+            raise HTTPException(
+                422,
+                f"{where}: {len(raw)} bytes of data; shape {value.shape} of {value.dtype} needs {expected}",
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(value.shape)
+    if ndim == 2 and len({len(row) for row in value}) > 1:
+        raise HTTPException(422, f"{where}: rows of different lengths")
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != ndim or array.size == 0:
+        raise HTTPException(422, f"{where}: expected a non-empty {ndim}-dim array, got shape {array.shape}")
+    return array
+
+
+class StreamRequest(BaseModel):
+    """`POST /streams`: watch an allow-listed source for standing queries."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: str = Field(min_length=1, max_length=MAX_PATH_BYTES, description="one of GET /streams' sources")
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+    window_sec: float = Field(30.0, gt=0, le=3600, description="seconds each pass sees")
+    hop_sec: float = Field(2.0, gt=0, le=3600, description="stream seconds between passes")
+    speed: float = Field(1.0, ge=0, le=1000, description="files: x real time; 0 as fast as possible")
+
+
+class QueriesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queries: list[Query] = Field(min_length=1, max_length=MAX_QUERIES)
+
+
+class StreamInfo(BaseModel):
+    id: str
+    source: str
+    queries: list[str]
+    finished: bool = Field(description="the source ended or failed (its events stay readable)")
 
 
 class Window(BaseModel):
@@ -301,6 +410,23 @@ MEDIA_PATH_STATUS: dict[type[MediaPathError], int] = {
 }
 
 
+GROUNDING_ERROR_STATUS: dict[type[Exception], int] = {
+    VideoNotFoundError: 404,
+    VideoReadError: 400,
+    FeatureDimError: 422,
+    StreamNotAllowed: 403,
+    StreamNotFound: 404,
+    TooManyStreams: 429,
+    ValueError: 400,
+}
+"""Status of each error `Grounder` raises for bad input, first match wins (FeatureDimError is a
+ValueError); anything else is a bug and a 500."""
+
+
+def _grounding_status(err: Exception) -> int | None:
+    return next((code for kind, code in GROUNDING_ERROR_STATUS.items() if isinstance(err, kind)), None)
+
+
 # -- request body limits ------------------------------------------------------------------------
 
 
@@ -385,6 +511,7 @@ def create_app(
     *,
     max_upload_mb: float = 200,
     cache: str | os.PathLike | None = None,
+    allowed_sources: Sequence[str] = (),
 ) -> FastAPI:
     """Build the API around a Grounder (or a checkpoint path, loaded with `cache`).
 
@@ -394,6 +521,7 @@ def create_app(
         max_upload_mb: largest multipart upload in MiB (413 above it).
         cache: cache to answer cached video ids from (only with a checkpoint path; a Grounder
             carries its own).
+        allowed_sources: the live sources (URLs, devices, files) `POST /streams` may open.
     """
     if isinstance(grounder_or_ckpt, Grounder):
         if cache is not None:
@@ -524,6 +652,52 @@ def create_app(
         results = await _run(video, req.queries, req.top_k, req.coarse_to_fine)
         return _respond(req.video_id, results, vid)
 
+    @app.post(
+        "/ground/features",
+        response_model=GroundResponse,
+        openapi_extra={
+            "requestBody": {
+                "content": {"application/json": {"schema": FeaturesRequest.model_json_schema()}},
+                "required": True,
+            }
+        },
+    )
+    async def ground_features(request: Request) -> JSONResponse:
+        if _body_kind(request.headers.get("content-type", "")) != "json":
+            raise HTTPException(415, "POST /ground/features takes application/json")
+        # Features are as large as a video's upload: the upload cap, not the small JSON one.
+        _check_length(request, upload_limit)
+        try:
+            body = await Request(request.scope, _capped(request.receive, upload_limit)).body()
+        except _BodyTooLarge:
+            raise _too_large(upload_limit) from None
+        try:
+            req = FeaturesRequest.model_validate_json(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False)) from None
+        text_features = labels = None
+        if req.query_features is not None:
+            text_features = [
+                (
+                    _array(q.tokens, 2, f"query_features[{i}].tokens"),
+                    _array(q.pooled, 1, f"query_features[{i}].pooled"),
+                )
+                for i, q in enumerate(req.query_features)
+            ]
+            labels = [q.label or f"features[{i}]" for i, q in enumerate(req.query_features)]
+        results = await _in_thread(
+            grounder.ground_features,
+            _array(req.video_features, 2, "video_features"),
+            req.queries,
+            timestamps_sec=None if req.timestamps_sec is None else np.asarray(req.timestamps_sec),
+            clip_sec=req.clip_sec,
+            duration_sec=req.duration_sec,
+            text_features=text_features,
+            labels=labels,
+            top_k=req.top_k,
+        )
+        return _respond("features", results, None)
+
     async def _ground_upload(request: Request) -> JSONResponse:
         _check_length(request, upload_limit)
         limited = Request(request.scope, _capped(request.receive, upload_limit))
@@ -558,17 +732,17 @@ def create_app(
     async def _run(
         video: str | Path, queries: Sequence[str], top_k: int, coarse_to_fine: bool | None
     ) -> list:
+        # Inference is CPU/GPU bound: keep it off the event loop.
+        return await _in_thread(grounder.ground, video, queries, top_k=top_k, coarse_to_fine=coarse_to_fine)
+
+    async def _in_thread(function: Callable[..., list], *args: Any, **kwargs: Any) -> list:
         try:
-            # Inference is CPU/GPU bound: keep it off the event loop.
-            return await run_in_threadpool(
-                grounder.ground, video, queries, top_k=top_k, coarse_to_fine=coarse_to_fine
-            )
-        except VideoNotFoundError as err:
-            raise HTTPException(404, str(err)) from None
-        except VideoReadError as err:
-            raise HTTPException(400, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from None
+            return await run_in_threadpool(function, *args, **kwargs)
+        except Exception as err:
+            status = _grounding_status(err)
+            if status is None:
+                raise
+            raise HTTPException(status, str(err)) from None
 
     def _respond(video_id: str, results: list, vid: str | None) -> JSONResponse:
         response = GroundResponse(
@@ -589,6 +763,103 @@ def create_app(
             ],
         )
         return JSONResponse(response.model_dump())
+
+    streams = StreamRegistry(grounder, allowed_sources)
+    app.router.on_shutdown.append(streams.close_all)
+
+    @app.exception_handler(StreamNotAllowed)
+    @app.exception_handler(StreamNotFound)
+    @app.exception_handler(TooManyStreams)
+    async def stream_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=_grounding_status(exc))
+
+    async def _json(request: Request, model: type[BaseModel]) -> Any:
+        if _body_kind(request.headers.get("content-type", "")) != "json":
+            raise HTTPException(415, f"{request.method} {request.url.path} takes application/json")
+        _check_length(request, MAX_JSON_BYTES)
+        try:
+            body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
+        except _BodyTooLarge:
+            raise _too_large(MAX_JSON_BYTES) from None
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors(include_url=False)) from None
+
+    def _info(stream) -> StreamInfo:
+        return StreamInfo(
+            id=stream.id, source=stream.source, queries=stream.watcher.queries, finished=stream.finished
+        )
+
+    @app.get("/streams")
+    def list_streams() -> dict[str, Any]:
+        return {
+            "allowed_sources": streams.allowed,
+            "streams": [_info(s).model_dump() for s in streams.streams.values()],
+        }
+
+    @app.post("/streams", status_code=201, response_model=StreamInfo)
+    async def open_stream(request: Request) -> JSONResponse:
+        req = await _json(request, StreamRequest)
+        stream = await _in_thread(
+            streams.open,
+            req.source,
+            req.queries,
+            window_sec=req.window_sec,
+            hop_sec=req.hop_sec,
+            speed=req.speed,
+        )
+        return JSONResponse(_info(stream).model_dump(), status_code=201)
+
+    @app.post("/streams/{stream_id}/queries", response_model=StreamInfo)
+    async def add_queries(stream_id: str, request: Request) -> StreamInfo:
+        stream = streams.get(stream_id)
+        req = await _json(request, QueriesRequest)
+        await _in_thread(stream.watcher.add_queries, req.queries)
+        return _info(stream)
+
+    @app.delete("/streams/{stream_id}/queries", response_model=StreamInfo)
+    def remove_queries(stream_id: str, query: Annotated[list[str] | None, QueryParam()] = None) -> StreamInfo:
+        """`?query=...&query=...`: stop watching these (an open occurrence gets its `ended` event)."""
+        stream = streams.get(stream_id)
+        if not query:
+            raise HTTPException(400, "name the queries to remove: ?query=...")
+        unknown = [q for q in query if q not in stream.watcher.queries]
+        if unknown:
+            raise HTTPException(404, f"stream {stream_id}: no standing query {_shown(unknown[0])}")
+        stream.watcher.remove_queries(query)
+        return _info(stream)
+
+    @app.delete("/streams/{stream_id}", response_model=StreamInfo)
+    def close_stream(stream_id: str) -> StreamInfo:
+        return _info(streams.close(stream_id))
+
+    @app.get("/streams/{stream_id}/events")
+    async def stream_events(stream_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: every event of the stream from the first (or after `Last-Event-ID`),
+        each `id: N` + `data: {json}`; the stream closes after the `stopped` event."""
+        stream = streams.get(stream_id)
+        last = request.headers.get("last-event-id", "")
+        start = int(last) + 1 if last.isascii() and last.isdigit() else 0
+
+        async def events():
+            seq = start
+            while True:
+                batch, missed = stream.since(seq)
+                if missed:
+                    yield f"event: missed\ndata: {json.dumps({'missed': missed})}\n\n"
+                for n, event in batch:
+                    yield f"id: {n}\ndata: {json.dumps(event)}\n\n"
+                    seq = n + 1
+                    if event.get("state") == "stopped":
+                        return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -612,12 +883,20 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-upload-mb", type=float, default=200, help="largest upload (413 above)")
     parser.add_argument("--device", default="cpu", help="torch device of the network and encoders")
+    parser.add_argument(
+        "--allow-source",
+        action="append",
+        default=[],
+        help="a live source (URL, device, file) that POST /streams may watch (repeat for several)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn
 
     grounder = Grounder.from_checkpoint(args.ckpt, device=args.device, cache=args.cache)
-    app = create_app(grounder, args.media_root, max_upload_mb=args.max_upload_mb)
+    app = create_app(
+        grounder, args.media_root, max_upload_mb=args.max_upload_mb, allowed_sources=args.allow_source
+    )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without authentication; anyone who can reach it can use it", args.host)
     uvicorn.run(app, host=args.host, port=args.port)
