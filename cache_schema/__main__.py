@@ -75,12 +75,14 @@ def _print_info(info: dict) -> None:
             f"features per video {info['features_per_video']}"
         )
     )
-    table = Table("modality", "encoder", "dim", "dtype", "stride_sec", "weights", "normalized")
+    table = Table("modality", "encoder", "coverage", "dim", "dtype", "stride_sec", "weights", "normalized")
     for modality in ("video", "text"):
+        total = info["videos" if modality == "video" else "queries"]
         for name, spec in info[f"{modality}_encoders"].items():
             table.add_row(
                 modality,
                 escape(name),
+                f"{info['coverage'][modality][name]}/{total}",
                 str(spec["dim"]),
                 spec["dtype"],
                 str(spec["stride_sec"] or "-"),
