@@ -353,12 +353,18 @@ class CacheWriter:
 
     # -- items ------------------------------------------------------------------------------
     def add_video(self, item: VideoItem) -> None:
-        """Validate and append one video; it becomes visible to readers when this returns."""
+        """Validate and append one video; it becomes visible to readers when this returns.
+
+        Features of every encoder written with the cache are required; an added (indexed)
+        encoder missing from ``item.features`` is simply not committed for this video.
+        """
         problems = self.check_video(item)
         if problems:
             raise SchemaError("; ".join(problems))
         n = self._n_videos
         for name, spec in self.encoders["video"].items():
+            if name in self._indexed["video"] and name not in item.features:
+                continue
             feats = np.asarray(item.features[name]).astype(spec.numpy_dtype, copy=False)
             if name in self._indexed["video"]:
                 index, position = index_array("video", name, True), self._indexed["video"][name]
@@ -384,8 +390,9 @@ class CacheWriter:
         self._video_meta.append(meta)
         self._vids[item.vid] = meta
         self._video_rows[item.vid] = n
-        for rows in self._covered["video"].values():
-            rows.add(n)
+        for name, rows in self._covered["video"].items():
+            if name in item.features:
+                rows.add(n)
 
     def check_video(self, item: VideoItem) -> list[str]:
         """Every way `item` breaks the contract, as messages naming the video."""
@@ -403,6 +410,8 @@ class CacheWriter:
                 f"video {vid}: orientation must be an Orientation or None, not {item.orientation!r}"
             )
         for name, spec in self.encoders["video"].items():
+            if name in self._indexed["video"] and name not in item.features:
+                continue  # an added encoder is optional
             if name not in item.features or name not in item.timestamps_sec:
                 problems.append(f"video {vid}: no features/timestamps for encoder {name!r}")
                 continue
@@ -431,7 +440,10 @@ class CacheWriter:
         return problems
 
     def add_queries(self, items: Sequence[QueryItem]) -> None:
-        """Validate and append queries (their videos must be committed); atomic as a batch."""
+        """Validate and append queries (their videos must be committed); atomic as a batch.
+
+        As in `add_video`, an added (indexed) text encoder missing from ``item.tokens`` is not
+        committed for that query; every other encoder is required."""
         problems = [p for item in items for p in self.check_query(item)]
         qids = [q.qid for q in items]
         if len(set(qids)) != len(qids):
@@ -443,6 +455,8 @@ class CacheWriter:
         for item in items:
             m = self._n_queries
             for name, spec in self.encoders["text"].items():
+                if name in self._indexed["text"] and name not in item.tokens:
+                    continue  # an added encoder is optional
                 tokens = np.asarray(item.tokens[name]).astype(spec.numpy_dtype, copy=False)
                 pooled = np.asarray(item.pooled[name]).astype(spec.numpy_dtype, copy=False)
                 if name in self._indexed["text"]:
@@ -495,6 +509,8 @@ class CacheWriter:
             elif not np.all(np.isfinite(sal)):
                 problems.append(f"query {qid}: saliency contains NaN/Inf")
         for name, spec in self.encoders["text"].items():
+            if name in self._indexed["text"] and name not in item.tokens:
+                continue  # an added encoder is optional
             if name not in item.tokens or name not in item.pooled:
                 problems.append(f"query {qid}: no tokens/pooled for text encoder {name!r}")
                 continue

@@ -242,3 +242,89 @@ def test_a_newer_min_reader_version_is_refused_naming_both(cache_path: Path) -> 
         CacheWriter(cache_path, dataset="fake", encoders=None)
     assert "needs a reader of schema 1.9.0" in validate(cache_path)[0]
     assert cache_main(["inspect", str(cache_path)]) == 2
+
+
+# -- drop-encoder and merge -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["added", "original"])
+def test_drop_encoder_reclaims_space_and_keeps_the_rest(cache_path: Path, which: str, capsys) -> None:
+    write_fake_cache(cache_path, n_videos=20, video_dims=(32, 64))
+    _grow(cache_path, n_video=20, n_text=None)
+    name = "added_video" if which == "added" else "fake_video1"
+    before = checksums(cache_path)
+    with CacheReader(cache_path) as r:
+        size_before = r.size_on_disk()
+        features = {v: r.video_features(v, "fake_video0") for v in r.video_ids}
+    assert cache_main(["drop-encoder", str(cache_path), name]) == 0
+    assert f"dropped encoder {name!r}" in capsys.readouterr().out
+    assert validate(cache_path) == []
+    after = checksums(cache_path)
+    owned = [n for n in before if f"/{name}" in n]
+    assert owned and not any(n in after for n in owned)
+    assert {n: after[n] for n in before if n not in owned} == {n: before[n] for n in before if n not in owned}
+    with CacheReader(cache_path) as r:
+        assert name not in r.video_encoders and "added_text" in r.text_encoders
+        assert r.size_on_disk() < size_before - 20 * 12 * 2  # at least the features' bytes are gone
+        for vid, feats in features.items():
+            np.testing.assert_array_equal(r.video_features(vid, "fake_video0"), feats)
+    # Dropped, it can be added again.
+    _grow_video_only = CacheWriter(cache_path, dataset="fake", encoders=None)
+    if which == "added":
+        assert _grow_video_only.add_encoder(ADDED_VIDEO)
+    _grow_video_only.close()
+    assert validate(cache_path) == []
+
+
+def test_drop_encoder_errors_name_the_encoder(cache_path: Path, capsys) -> None:
+    write_fake_cache(cache_path, n_videos=2)
+    assert cache_main(["drop-encoder", str(cache_path), "nope"]) == 2
+    assert "no encoder 'nope'; the cache has" in capsys.readouterr().err
+    assert cache_main(["drop-encoder", str(cache_path), "fake_text"]) == 2
+    assert "'fake_text' is the cache's only text encoder" in capsys.readouterr().err
+    assert validate(cache_path) == []
+
+
+def test_merge_two_caches(cache_path: Path, tmp_path: Path, capsys) -> None:
+    suffix = cache_path.suffix
+    a, b = tmp_path / f"a{suffix}", tmp_path / f"b{suffix}"
+    write_fake_cache(a, n_videos=4, seed=1)
+    write_fake_cache(b, n_videos=8, seed=2)
+    # b's videos are renamed so that the two caches hold different videos of one dataset.
+    with CacheReader(b) as r:
+        videos = [r.video(v) for v in r.video_ids[4:]]
+        queries = [
+            r.query(q) for q in r.query_ids if r.query(q, features=False).vid in {v.vid for v in videos}
+        ]
+    b2 = tmp_path / f"b2{suffix}"
+    with CacheWriter(
+        b2, dataset="fake", encoders=[*r.video_encoders.values(), *r.text_encoders.values()]
+    ) as w:
+        for v in videos:
+            w.add_video(v)
+        w.add_queries(queries)
+    _grow(a, n_video=2, n_text=3)
+    _grow(b2, n_video=4, n_text=None)
+    merged = tmp_path / f"merged{suffix}"
+    assert cache_main(["merge", str(merged), str(a), str(b2)]) == 0
+    assert "merged 8 videos from 2 caches; valid" in capsys.readouterr().out
+    with CacheReader(merged) as m, CacheReader(a) as ra, CacheReader(b2) as rb:
+        assert m.video_ids == sorted(ra.video_ids + rb.video_ids)
+        assert sorted(m.query_ids) == sorted(ra.query_ids + rb.query_ids)
+        assert m.coverage() == {
+            "video": {"fake_video0": 8, "added_video": 6},
+            "text": {"fake_text": 16, "added_text": 3 + 8},
+        }
+        for source in (ra, rb):
+            for vid in source.video_ids:
+                for name in source.video_encoders_of(vid):
+                    np.testing.assert_array_equal(
+                        m.video_features(vid, name), source.video_features(vid, name)
+                    )
+            for qid in source.query_ids:
+                assert m.text_encoders_of(qid) == source.text_encoders_of(qid)
+                for name in source.text_encoders_of(qid):
+                    np.testing.assert_array_equal(m.query_pooled(qid, name), source.query_pooled(qid, name))
+    # A video in two inputs is refused, naming it and both caches.
+    assert cache_main(["merge", str(tmp_path / f"again{suffix}"), str(a), str(a)]) == 2
+    assert f"video vid00000: in two caches, {a} and {a}" in capsys.readouterr().err
