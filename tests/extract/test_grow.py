@@ -7,6 +7,7 @@ architecture under another name); the added text encoder is ``tiny_bert``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -217,4 +218,52 @@ def test_kill_while_adding_then_resume(dataset: Path, tmp_path: Path, suffix: st
     with CacheReader(output) as r:  # the killed writes were truncated, not left before later rows
         assert r._store.nrows(f"video/{SECOND_VIDEO}/features") == sum(
             len(r.video_timestamps(v, "tiny_clip")) for v in r.video_ids
+        )
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
+def test_add_a_split_to_a_grown_cache(dataset: Path, tmp_path: Path, suffix: str) -> None:
+    """New videos and queries (a val split) go into a cache that has an added encoder; each new
+    item gets every encoder, the added one included, and the existing items stay as they were."""
+    rows = [json.loads(line) for line in (dataset / "annotations.jsonl").read_text().splitlines()]
+    old = [r for r in rows if r["video"] in ("videos/alpha.mp4", "videos/bravo.mp4", "videos/charlie.mp4")]
+    new = [{**r, "split": "val"} for r in rows if r not in old]
+    first_rows, all_rows = tmp_path / "first.jsonl", tmp_path / "all.jsonl"
+    first_rows.write_text("".join(json.dumps(r) + "\n" for r in old))
+    all_rows.write_text("".join(json.dumps(r) + "\n" for r in old + new))
+    output = tmp_path / f"cache{suffix}"
+    first, grown = _configs(tmp_path, dataset, output)
+    text_added = write_config(
+        tmp_path / "text.yaml",
+        dataset,
+        output,
+        text_encoders=[{"name": "tiny_clip", "weights": "none"}, {"name": ADDED_TEXT, "weights": "none"}],
+    )
+    assert main(["--config", str(first), "--annotations", str(first_rows)]) == 0
+    assert (
+        main(["--config", str(text_added), "--annotations", str(first_rows), "--add-encoder", ADDED_TEXT])
+        == 0
+    )
+    with CacheReader(output) as r:
+        before = {v: r.video(v) for v in r.video_ids}
+        before_q = {q: r.query(q) for q in r.query_ids}
+    assert main(["--config", str(text_added), "--annotations", str(all_rows), "--splits", '["val"]']) == 0
+    assert validate(output) == []
+    with CacheReader(output) as r:
+        assert r.splits() == {"train": 6, "val": 4}
+        assert r.coverage() == {"video": {"tiny_clip": 5}, "text": {"tiny_clip": 10, ADDED_TEXT: 10}}
+        for vid, item in before.items():
+            np.testing.assert_array_equal(r.video_features(vid, "tiny_clip"), item.features["tiny_clip"])
+        for qid, item in before_q.items():
+            for name in ("tiny_clip", ADDED_TEXT):
+                np.testing.assert_array_equal(r.query_tokens(qid, name), item.tokens[name])
+        at_once = tmp_path / f"at_once{suffix}"
+    assert main(["--config", str(text_added), "--annotations", str(all_rows), "--output", str(at_once)]) == 0
+    with CacheReader(output) as a, CacheReader(at_once) as b:
+        for qid in ("delta_q0", "echo_q1"):
+            np.testing.assert_allclose(
+                a.query_pooled(qid, ADDED_TEXT).astype(np.float32), b.query_pooled(qid, ADDED_TEXT), atol=2e-3
+            )
+        np.testing.assert_array_equal(
+            a.video_features("echo", "tiny_clip"), b.video_features("echo", "tiny_clip")
         )
