@@ -15,7 +15,8 @@ rest carry on.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,7 @@ from rich.markup import escape
 from cache_schema.spec import EncoderSpec, SchemaError
 from cache_schema.store import CacheReader, CacheWriter
 from extract.api import (
-    encode_frames,
     encode_texts,
-    frames_for_encoder,
     max_frames_per_feature,
     resolve_frame_size,
 )
@@ -36,10 +35,13 @@ from extract.config import ConfigError, EncoderChoice, ExtractConfig
 from extract.encoders import Encoder, build_encoder, encoder_specs
 from extract.pipeline import (
     DecodeDataset,
+    DecodedVideo,
     DistContext,
     Failure,
     RunSummary,
     VideoTask,
+    _FrameQueue,
+    _Pending,
     _write_jsonl,
     decoded_videos,
     encoder_table,
@@ -182,45 +184,93 @@ def add_encoders(config: ExtractConfig, *, device: str, console: Console | None 
             summary.queries_written += written
             summary.texts_encoded += encoded
         if decoded_iter is not None:
-            loop_start = time.perf_counter()
-            longest = max_frames_per_feature([a.spec for a in video_added])
-            for decoded in decoded_iter:
-                if decoded.error is not None:
-                    _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", decoded.error))
-                    continue
-                expected = timestamps[decoded.vid]
-                if decoded.timestamps_sec.shape != expected.shape or not np.allclose(
-                    decoded.timestamps_sec, expected, atol=1e-4
-                ):
-                    reason = (
-                        f"video {decoded.vid}: decoded {len(decoded.timestamps_sec)} feature windows that "
-                        f"disagree with the cache's {len(expected)} (encoder {reference!r}); "
-                        f"is fps ({config.fps}) the one the cache was extracted with?"
-                    )
-                    _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", reason))
-                    continue
-                try:
-                    for a in video_added:
-                        if decoded.vid in writer.covered_videos(a.spec.name):
-                            continue
-                        encoder = encoders[a.spec.name + ":video"]
-                        frames = frames_for_encoder(
-                            a.spec, decoded.frames, longest
-                        )  # (T, H, W, 3) or (T, F, H, W, 3)
-                        features = encode_frames(encoder, frames)  # (T, D)
-                        writer.add_video_features(decoded.vid, a.spec.name, features, expected)
-                        summary.frames += len(features)
-                except SchemaError as err:
-                    _fail(summary, console, Failure(decoded.vid, decoded.path, "write", str(err)))
-                    continue
-                summary.done += 1
-            summary.loop_seconds = time.perf_counter() - loop_start
+            _add_video(
+                config, writer, video_added, encoders, decoded_iter, timestamps, reference, summary, console
+            )
     finally:
         if decoded_iter is not None:
             decoded_iter.close()  # the workers first: a worker restarted mid-run inherited the cache's file
         writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _add_video(
+    config: ExtractConfig,
+    writer: CacheWriter,
+    video_added: Sequence[_Added],
+    encoders: dict[str, Encoder],
+    decoded_iter: Iterable[DecodedVideo],
+    timestamps: dict[str, np.ndarray],
+    reference: str,
+    summary: RunSummary,
+    console: Console,
+) -> None:
+    """Encode the decoded videos with the added video encoders and commit per video per encoder.
+
+    Frames are packed across videos into full batches (``extract.pipeline``'s frame queues), so
+    short videos cost no padding; each video is committed once all its frames are encoded.
+    """
+    loop_start = time.perf_counter()
+    longest = max_frames_per_feature([a.spec for a in video_added])
+    queues = {
+        a.spec.name: _FrameQueue(a.spec.name, encoders[a.spec.name + ":video"], longest) for a in video_added
+    }
+    max_pending = max(1, config.num_workers) * config.prefetch_videos + 1
+    pending: deque[_Pending] = deque()
+
+    def write_finished() -> None:
+        while pending and pending[0].finished:
+            video = pending.popleft()
+            vid = video.decoded.vid
+            try:
+                for name, features in video.features.items():  # (T, D) per encoder it lacked
+                    writer.add_video_features(vid, name, features, timestamps[vid])
+                    summary.frames += len(features)
+            except SchemaError as err:
+                _fail(summary, console, Failure(vid, video.decoded.path, "write", str(err)))
+                continue
+            summary.done += 1
+
+    for decoded in decoded_iter:
+        if decoded.error is not None:
+            _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", decoded.error))
+            continue
+        expected = timestamps[decoded.vid]
+        if decoded.timestamps_sec.shape != expected.shape or not np.allclose(
+            decoded.timestamps_sec, expected, atol=1e-4
+        ):
+            reason = (
+                f"video {decoded.vid}: decoded {len(decoded.timestamps_sec)} feature windows that "
+                f"disagree with the cache's {len(expected)} (encoder {reference!r}); "
+                f"is fps ({config.fps}) the one the cache was extracted with?"
+            )
+            _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", reason))
+            continue
+        needed = [a for a in video_added if decoded.vid not in writer.covered_videos(a.spec.name)]
+        n = decoded.frames.shape[0]
+        video = _Pending(
+            decoded,
+            [],
+            decoded.frames,
+            features={a.spec.name: np.empty((n, a.spec.dim), np.float32) for a in needed},
+            remaining={a.spec.name: n for a in needed},
+        )
+        pending.append(video)
+        for a in needed:
+            queues[a.spec.name].push(video)
+            queues[a.spec.name].run_full_batches()
+        write_finished()
+        # As in the pipeline: past the decoders' look-ahead, finish the oldest video in a padded batch.
+        while len(pending) > max_pending:
+            for queue in queues.values():
+                queue.finish(pending[0])
+            write_finished()
+    while pending:  # the last, partial batches
+        for queue in queues.values():
+            queue.finish(pending[0])
+        write_finished()
+    summary.loop_seconds = time.perf_counter() - loop_start
 
 
 def _build(config: ExtractConfig, choice: EncoderChoice, device: str) -> Encoder:

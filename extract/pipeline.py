@@ -628,7 +628,7 @@ class _FrameQueue:
 
     def finish(self, video: _Pending) -> None:
         """Encode ``video``'s remaining frames now, in a padded batch if need be."""
-        while video.remaining[self.name]:
+        while video.remaining.get(self.name):  # 0, or not pushed here (an encoder it already has)
             self._run_batch(video.shape)
 
     def _run_batch(self, shape: tuple[int, ...]) -> None:
