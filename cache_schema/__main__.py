@@ -115,7 +115,14 @@ def _print_info(info: dict) -> None:
             f"features per video {info['features_per_video']}"
         )
     )
-    table = Table("modality", "encoder", "coverage", "dim", "dtype", "stride_sec", "weights", "normalized")
+    table = Table("modality")
+    # Names and coverage never wrap (a name cut in two cannot be searched or pasted); the
+    # descriptive columns give way on a narrow terminal.
+    names = [n for m in ("video", "text") for n in info[f"{m}_encoders"]]
+    table.add_column("encoder", no_wrap=True, min_width=max(map(len, names), default=7))
+    table.add_column("coverage", no_wrap=True)
+    for column in ("dim", "dtype", "stride_sec", "weights", "normalized"):
+        table.add_column(column)
     for modality in ("video", "text"):
         total = info["videos" if modality == "video" else "queries"]
         for name, spec in info[f"{modality}_encoders"].items():
