@@ -125,7 +125,6 @@ def add_encoders(config: ExtractConfig, *, device: str, console: Console | None 
     with CacheReader(output) as cache:
         check_tables(config, cache, added)
         videos = {vid: cache.video_meta(vid) for vid in cache.video_ids}
-        reference = next(iter(cache.video_encoders))  # an encoder with the first extraction's windows
         covered = {
             a.spec.name: set(cache.videos_with([a.spec.name]))
             for a in added
@@ -136,7 +135,12 @@ def add_encoders(config: ExtractConfig, *, device: str, console: Console | None 
             for v in videos
             if any(v not in covered.get(a.spec.name, ()) for a in added if a.spec.modality == "video")
         ]
-        timestamps = {v: cache.video_timestamps(v, reference) for v in todo}
+        # The feature windows each video already has (any committed encoder's: they all agree),
+        # None for a video with no committed video encoder (then only the duration is checked).
+        timestamps: dict[str, tuple[str, np.ndarray] | None] = {}
+        for v in todo:
+            have = cache.video_encoders_of(v)
+            timestamps[v] = (have[0], cache.video_timestamps(v, have[0])) if have else None
         queries = [(q.qid, q.text) for q in cache.queries()]
     summary = RunSummary(
         output=output, total=len(videos) if any(a.spec.modality == "video" for a in added) else 0
@@ -184,9 +188,7 @@ def add_encoders(config: ExtractConfig, *, device: str, console: Console | None 
             summary.queries_written += written
             summary.texts_encoded += encoded
         if decoded_iter is not None:
-            _add_video(
-                config, writer, video_added, encoders, decoded_iter, timestamps, reference, summary, console
-            )
+            _add_video(config, writer, video_added, encoders, decoded_iter, timestamps, summary, console)
     finally:
         if decoded_iter is not None:
             decoded_iter.close()  # the workers first: a worker restarted mid-run inherited the cache's file
@@ -201,8 +203,7 @@ def _add_video(
     video_added: Sequence[_Added],
     encoders: dict[str, Encoder],
     decoded_iter: Iterable[DecodedVideo],
-    timestamps: dict[str, np.ndarray],
-    reference: str,
+    timestamps: dict[str, tuple[str, np.ndarray] | None],
     summary: RunSummary,
     console: Console,
 ) -> None:
@@ -225,7 +226,7 @@ def _add_video(
             vid = video.decoded.vid
             try:
                 for name, features in video.features.items():  # (T, D) per encoder it lacked
-                    writer.add_video_features(vid, name, features, timestamps[vid])
+                    writer.add_video_features(vid, name, features, video.decoded.timestamps_sec)
                     summary.frames += len(features)
             except SchemaError as err:
                 _fail(summary, console, Failure(vid, video.decoded.path, "write", str(err)))
@@ -236,13 +237,14 @@ def _add_video(
         if decoded.error is not None:
             _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", decoded.error))
             continue
-        expected = timestamps[decoded.vid]
-        if decoded.timestamps_sec.shape != expected.shape or not np.allclose(
-            decoded.timestamps_sec, expected, atol=1e-4
+        known = timestamps[decoded.vid]
+        if known is not None and (
+            decoded.timestamps_sec.shape != known[1].shape
+            or not np.allclose(decoded.timestamps_sec, known[1], atol=1e-4)
         ):
             reason = (
                 f"video {decoded.vid}: decoded {len(decoded.timestamps_sec)} feature windows that "
-                f"disagree with the cache's {len(expected)} (encoder {reference!r}); "
+                f"disagree with the cache's {len(known[1])} (encoder {known[0]!r}); "
                 f"is fps ({config.fps}) the one the cache was extracted with?"
             )
             _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", reason))
