@@ -332,7 +332,7 @@ def run_add(config: ExtractConfig, *, console: Console | None = None) -> RunSumm
     summary = add_encoders(config, device=config.device, console=console)
     _write_jsonl(add_failures_path(config.output_path), (f.to_dict() for f in summary.failures))
     console.print(
-        f"[bold]add-encoder[/bold]: {summary.done} videos given {sorted(config.add_encoder)}, "
+        f"[bold]add-encoder[/bold]: {summary.done} videos given {escape(str(sorted(config.add_encoder)))}, "
         f"{summary.skipped} already had them, {len(summary.failures)} failed, of {summary.total}; "
         f"{summary.frames} frames encoded in {summary.loop_seconds:.1f} s; "
         f"{summary.queries_written} queries given text features ({summary.texts_encoded} texts encoded)"
