@@ -188,7 +188,9 @@ def add_encoders(config: ExtractConfig, *, device: str, console: Console | None 
             summary.queries_written += written
             summary.texts_encoded += encoded
         if decoded_iter is not None:
-            _add_video(config, writer, video_added, encoders, decoded_iter, timestamps, summary, console)
+            _add_video(
+                config, writer, video_added, encoders, decoded_iter, timestamps, covered, summary, console
+            )
     finally:
         if decoded_iter is not None:
             decoded_iter.close()  # the workers first: a worker restarted mid-run inherited the cache's file
@@ -204,6 +206,7 @@ def _add_video(
     encoders: dict[str, Encoder],
     decoded_iter: Iterable[DecodedVideo],
     timestamps: dict[str, tuple[str, np.ndarray] | None],
+    covered: dict[str, set[str]],
     summary: RunSummary,
     console: Console,
 ) -> None:
@@ -249,7 +252,7 @@ def _add_video(
             )
             _fail(summary, console, Failure(decoded.vid, decoded.path, "decode", reason))
             continue
-        needed = [a for a in video_added if decoded.vid not in writer.covered_videos(a.spec.name)]
+        needed = [a for a in video_added if decoded.vid not in covered.get(a.spec.name, ())]
         n = decoded.frames.shape[0]
         video = _Pending(
             decoded,
