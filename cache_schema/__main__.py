@@ -2,6 +2,8 @@
 
     python -m cache_schema validate PATH      every invariant; exit 1 listing each violation
     python -m cache_schema inspect PATH [--json]
+    python -m cache_schema drop-encoder PATH NAME [--modality video|text]
+    python -m cache_schema merge OUTPUT INPUT [INPUT ...]
 
 Exit codes: 0 valid / described, 1 `validate` found violations, 2 bad input (no such cache, a
 file that is not a readable cache, bad arguments): one ``error:`` line on stderr.
@@ -46,9 +48,47 @@ def _inspect(argv: list[str]) -> int:
     return 0
 
 
+def _drop_encoder(argv: list[str]) -> int:
+    """remove one encoder from a cache and reclaim its space"""
+    parser = argparse.ArgumentParser(prog=f"{PROG} drop-encoder", description=_drop_encoder.__doc__)
+    parser.add_argument("path", help="the cache (no writer may have it open)")
+    parser.add_argument("name", help="the encoder's name (python -m cache_schema inspect PATH lists them)")
+    parser.add_argument(
+        "--modality",
+        choices=("video", "text"),
+        default=None,
+        help="needed when NAME is both a video and a text encoder",
+    )
+    args = parser.parse_args(argv)
+    from cache_schema.edit import drop_encoder
+
+    freed = drop_encoder(args.path, args.name, args.modality)
+    print(f"{args.path}: dropped encoder {args.name!r}, {freed / 2**20:.2f} MiB freed")
+    return 0
+
+
+def _merge(argv: list[str]) -> int:
+    """merge caches of one dataset (same encoders) into one; exit 1 when the result does not validate"""
+    parser = argparse.ArgumentParser(prog=f"{PROG} merge", description=_merge.__doc__)
+    parser.add_argument("output", help="the merged cache; created, or resumed when it exists")
+    parser.add_argument("inputs", nargs="+", help="caches to merge (a video may be in only one of them)")
+    args = parser.parse_args(argv)
+    from cache_schema.edit import merge_caches
+
+    added = merge_caches(args.output, args.inputs)
+    problems = validate(args.output)
+    for problem in problems:
+        print(problem)
+    state = f"INVALID, {len(problems)} problem(s)" if problems else "valid"
+    print(f"{args.output}: merged {added} videos from {len(args.inputs)} caches; {state}")
+    return 1 if problems else 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "inspect": _inspect,
+    "drop-encoder": _drop_encoder,
+    "merge": _merge,
 }
 """Sub-commands by name; `python -m cache_schema --help` lists each with its docstring's first line."""
 
@@ -75,12 +115,21 @@ def _print_info(info: dict) -> None:
             f"features per video {info['features_per_video']}"
         )
     )
-    table = Table("modality", "encoder", "dim", "dtype", "stride_sec", "weights", "normalized")
+    table = Table("modality")
+    # Names and coverage never wrap (a name cut in two cannot be searched or pasted); the
+    # descriptive columns give way on a narrow terminal.
+    names = [n for m in ("video", "text") for n in info[f"{m}_encoders"]]
+    table.add_column("encoder", no_wrap=True, min_width=max(map(len, names), default=7))
+    table.add_column("coverage", no_wrap=True)
+    for column in ("dim", "dtype", "stride_sec", "weights", "normalized"):
+        table.add_column(column)
     for modality in ("video", "text"):
+        total = info["videos" if modality == "video" else "queries"]
         for name, spec in info[f"{modality}_encoders"].items():
             table.add_row(
                 modality,
                 escape(name),
+                f"{info['coverage'][modality][name]}/{total}",
                 str(spec["dim"]),
                 spec["dtype"],
                 str(spec["stride_sec"] or "-"),

@@ -154,6 +154,11 @@ class Store:
                 name, shape=(0, *row_shape), dtype=dtype, chunks=chunks, compressors=compressors, fill_value=0
             )
 
+    def delete(self, name: str) -> None:
+        """Remove array ``name`` (Zarr frees its files; HDF5 only unlinks it, the file keeps its size)."""
+        self._arrays.pop(name, None)
+        del self._root[name]
+
     def _array(self, name: str) -> Any:
         arr = self._arrays.get(name)
         if arr is None:

@@ -15,8 +15,9 @@ import numpy as np
 
 from cache_schema.errors import GroundcacheError
 
-SCHEMA_VERSION = "1.1.0"
-"""Semantic version of the on-disk layout. Readers accept any cache with the same major."""
+SCHEMA_VERSION = "1.2.0"
+"""Semantic version of the on-disk layout. Readers accept any cache with the same major whose
+``min_reader_version`` (when present) is not newer than this."""
 
 Modality = Literal["video", "text"]
 MODALITIES: tuple[Modality, ...] = ("video", "text")
@@ -31,6 +32,14 @@ class SchemaError(GroundcacheError, ValueError):
 
 class SchemaVersionError(SchemaError):
     """A cache was written with a major schema version this reader does not know."""
+
+
+class EncoderNotCommittedError(SchemaError, KeyError):
+    """An encoder's features are asked for an item (video or query) where it is not committed."""
+
+
+class UncoveredItemsError(SchemaError):
+    """A split asks for several encoders and some of its items lack one; the message gives the counts."""
 
 
 class CacheReadError(SchemaError):

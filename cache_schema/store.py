@@ -13,6 +13,14 @@ Layout (see docs/cache_schema.md for the full contract)::
     text/<enc>/tokens         (sum L, D)
     text/<enc>/pooled         (M, D)
 
+Encoders added to an existing cache (schema 1.2.0, ``CacheWriter.add_encoder``) are *indexed*:
+their rows cover only the items where they are committed, in commit order::
+
+    videos/entries/<enc>      (K, 3) [video row, start, stop] into video/<enc>/*
+    queries/entries/<enc>     (K, 3) [query row, start, stop] into text/<enc>/tokens
+    text/<enc>/pooled         (K, D) row k belongs to entry k
+    manifest.entries          {video: {enc: K}, text: {enc: K}}  <- committed entries per indexed encoder
+
 Commit protocol: an item's rows are written past the committed end of every array, flushed,
 and only then is the manifest count raised (and flushed). Readers never look past the manifest,
 so a killed writer leaves nothing that reads as complete; reopening for writing truncates the
@@ -38,17 +46,75 @@ import numpy as np
 from cache_schema.backends import NotAStoreError, Store, create_store, remove_store
 from cache_schema.spec import (
     SCHEMA_VERSION,
+    EncoderNotCommittedError,
     EncoderSpec,
+    Modality,
     Orientation,
     QueryItem,
     SchemaError,
     SchemaVersionError,
+    UncoveredItemsError,
     VideoItem,
     check_timestamps,
     check_windows,
 )
 
 WriteMode = Literal["resume", "overwrite", "create"]
+Uncovered = Literal["error", "skip"]
+
+INDEXED_SINCE = "1.2.0"
+"""Schema version that introduced indexed (added) encoders; written as ``min_reader_version`` by
+the first `CacheWriter.add_encoder`, because a reader that does not know them would misread them."""
+
+
+def items_table(modality: Modality) -> str:
+    """The item table an encoder's rows belong to: ``videos`` or ``queries``."""
+    return "videos" if modality == "video" else "queries"
+
+
+def data_array(modality: Modality, name: str) -> str:
+    """The packed array of an encoder: ``video/<enc>/features`` or ``text/<enc>/tokens``."""
+    return f"video/{name}/features" if modality == "video" else f"text/{name}/tokens"
+
+
+def index_array(modality: Modality, name: str, indexed: bool) -> str:
+    """``<table>/offsets/<enc>`` (N, 2) for an encoder written with the cache, ``<table>/entries/<enc>``
+    (K, 3) for one added later."""
+    return f"{items_table(modality)}/{'entries' if indexed else 'offsets'}/{name}"
+
+
+def indexed_counts(manifest: dict) -> dict[str, dict[str, int]]:
+    """Committed entries of each indexed encoder, by modality (empty for caches before 1.2.0)."""
+    entries = manifest.get("entries") or {}
+    return {m: dict(entries.get(m, {})) for m in ("video", "text")}
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(version).split("."))
+    except ValueError:
+        raise SchemaError(f"schema version {version!r} is not MAJOR.MINOR.PATCH") from None
+
+
+def read_ranges(
+    store: Store, modality: Modality, name: str, n_items: int, indexed: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each committed item's rows of one encoder lie.
+
+    Returns:
+        ``ranges`` (n_items, 2) int64 [start, stop) rows in the encoder's packed array, and
+        ``entry`` (n_items,) int64 row of the item in the encoder's per-item arrays (``pooled``);
+        both -1 for items where the encoder is not committed.
+    """
+    if name not in indexed:
+        ranges = store.read(index_array(modality, name, False), 0, n_items)
+        return ranges, np.arange(n_items, dtype=np.int64)
+    entries = store.read(index_array(modality, name, True), 0, indexed[name])  # (K, 3)
+    ranges = np.full((n_items, 2), -1, dtype=np.int64)
+    entry = np.full(n_items, -1, dtype=np.int64)
+    ranges[entries[:, 0]] = entries[:, 1:]
+    entry[entries[:, 0]] = np.arange(len(entries), dtype=np.int64)
+    return ranges, entry
 
 
 def _encode_json(record: dict) -> np.ndarray:
@@ -69,8 +135,19 @@ def encoder_table(encoders: Iterable[EncoderSpec]) -> dict[str, dict[str, dict]]
     return table
 
 
-def check_version(path: str | os.PathLike, found: str | None) -> None:
-    """Refuse a cache whose major schema version differs from ours, naming both versions."""
+def check_version(path: str | os.PathLike, found: str | None, min_reader: str | None = None) -> None:
+    """Refuse a cache this reader cannot read, naming both versions.
+
+    Args:
+        path: The cache, for the message.
+        found: Its ``schema_version``.
+        min_reader: Its ``min_reader_version`` (None when absent): the oldest schema a reader
+            must know to read it correctly (written once an encoder was added, see `INDEXED_SINCE`).
+
+    Raises:
+        SchemaVersionError: The major versions differ, or ``min_reader`` is newer than `SCHEMA_VERSION`.
+        SchemaError: No ``schema_version`` at all.
+    """
     if not found:
         raise SchemaError(f"{path}: not a groundcache store (no schema_version attribute)")
     ours, theirs = SCHEMA_VERSION.split(".")[0], str(found).split(".")[0]
@@ -78,6 +155,11 @@ def check_version(path: str | os.PathLike, found: str | None) -> None:
         raise SchemaVersionError(
             f"{path}: cache schema version {found} is not readable by this groundcache "
             f"(schema {SCHEMA_VERSION}); major versions {theirs} and {ours} differ"
+        )
+    if min_reader is not None and _version_tuple(min_reader) > _version_tuple(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"{path}: cache schema version {found} needs a reader of schema {min_reader} or newer; "
+            f"this groundcache reads schema {SCHEMA_VERSION}"
         )
 
 
@@ -124,7 +206,8 @@ class CacheWriter:
     Args:
         path: `.h5` for HDF5 or `.zarr` for Zarr.
         dataset: dataset name recorded in the metadata.
-        encoders: specs of every encoder whose features will be written.
+        encoders: specs of every encoder whose features will be written; None (resume only) takes
+            the existing cache's encoders.
         mode: ``resume`` reopens an existing store (its encoders must match) and truncates any
             uncommitted tail, or creates a missing one; ``overwrite`` deletes an existing store
             first; ``create`` refuses an existing path.
@@ -143,23 +226,33 @@ class CacheWriter:
         path: str | os.PathLike,
         *,
         dataset: str,
-        encoders: Sequence[EncoderSpec],
+        encoders: Sequence[EncoderSpec] | None,
         mode: WriteMode = "resume",
         compression: str | None = None,
     ) -> None:
         self.path = Path(path)
+        if encoders is None and not (self.path.exists() and mode == "resume"):
+            raise FileNotFoundError(f"{self.path}: no cache to take the encoders from (encoders=None)")
         if mode == "create" and self.path.exists():
             raise FileExistsError(f"{self.path}: cache already exists (use mode='resume' or 'overwrite')")
-        table = encoder_table(encoders)
         if mode == "overwrite":
             remove_store(self.path)
         if not self.path.exists():
+            created = encoder_table(encoders)
             # Built under a temporary name and renamed into place: a writer killed here leaves
             # no store at `path`, never one without its manifest.
             create_store(
-                self.path, lambda store: self._initialize(store, dataset, table), compression=compression
+                self.path, lambda store: self._initialize(store, dataset, created), compression=compression
             )
         self._store = open_store(self.path, "r+", compression=compression)
+        try:
+            check_version(
+                self.path, self._store.get_attr("schema_version"), self._store.get_attr("min_reader_version")
+            )
+        except SchemaError:
+            self._store.close()
+            raise
+        table = self._store.get_attr("encoders") if encoders is None else encoder_table(encoders)
         if self._store.get_attr("encoders") != table:
             existing = _describe(self._store.get_attr("encoders"))
             self._store.close()
@@ -171,15 +264,27 @@ class CacheWriter:
         self.encoders = {m: {n: EncoderSpec.from_dict(d) for n, d in t.items()} for m, t in table.items()}
         manifest = self._store.get_attr("manifest")
         self._n_videos, self._n_queries = manifest["videos"], manifest["queries"]
+        self._indexed = indexed_counts(manifest)
+        """Modality -> indexed (added) encoder -> committed entries."""
         # Committed end row of every ragged column, kept in memory so appends never read back.
         self._ends: dict[str, int] = {}
-        for table_name, count in (("videos", self._n_videos), ("queries", self._n_queries)):
-            for _, offsets in self._ragged_columns(table_name):
-                self._ends[offsets] = int(self._store.read(offsets, count - 1, count)[0, 1]) if count else 0
+        for table_name in ("videos", "queries"):
+            for _, index, count, stop_col in self._ragged_columns(table_name):
+                self._ends[index] = (
+                    int(self._store.read(index, count - 1, count)[0, stop_col]) if count else 0
+                )
         self._video_meta = self._read_meta("videos")
         self._query_meta = self._read_meta("queries")
         self._vids = {m["vid"]: m for m in self._video_meta}
         self._qids = {m["qid"] for m in self._query_meta}
+        self._video_rows = {m["vid"]: i for i, m in enumerate(self._video_meta)}
+        self._query_rows = {m["qid"]: i for i, m in enumerate(self._query_meta)}
+        # Items each indexed encoder is committed for (every item, for the others).
+        self._covered: dict[str, dict[str, set[int]]] = {"video": {}, "text": {}}
+        for modality, counts in self._indexed.items():
+            for name, count in counts.items():
+                entries = self._store.read(index_array(modality, name, True), 0, count)
+                self._covered[modality][name] = set(entries[:, 0].tolist())
 
     # -- set-up -----------------------------------------------------------------------------
     @staticmethod
@@ -213,26 +318,34 @@ class CacheWriter:
         s.set_attr("manifest", {"videos": 0, "queries": 0})
         s.flush()
 
-    def _ragged_columns(self, table_name: str) -> list[tuple[str, str]]:
-        """(data array, offsets array) pairs of one table; offsets index rows of data."""
-        kind, feature = ("video", "features") if table_name == "videos" else ("text", "tokens")
-        pairs = [(f"{table_name}/meta", f"{table_name}/meta_offsets")]
-        for name in self._store.get_attr("encoders")[kind]:
-            pairs.append((f"{kind}/{name}/{feature}", f"{table_name}/offsets/{name}"))
-            if kind == "video":
-                pairs.append((f"video/{name}/timestamps", f"videos/offsets/{name}"))
-        return pairs
+    def _ragged_columns(self, table_name: str) -> list[tuple[str, str, int, int]]:
+        """(data array, index array, committed rows of the index, column of each row's stop) of one
+        table, read from the store's attributes; the index's rows give row ranges of the data."""
+        manifest = self._store.get_attr("manifest")
+        count = manifest[table_name]
+        indexed = indexed_counts(manifest)
+        modality: Modality = "video" if table_name == "videos" else "text"
+        columns = [(f"{table_name}/meta", f"{table_name}/meta_offsets", count, 1)]
+        for name in self._store.get_attr("encoders")[modality]:
+            is_indexed = name in indexed[modality]
+            index = index_array(modality, name, is_indexed)
+            rows, stop_col = (indexed[modality][name], 2) if is_indexed else (count, 1)
+            columns.append((data_array(modality, name), index, rows, stop_col))
+            if modality == "video":
+                columns.append((f"video/{name}/timestamps", index, rows, stop_col))
+        return columns
 
     def _truncate_uncommitted(self) -> None:
         s = self._store
         manifest = s.get_attr("manifest")
-        for table_name, count in (("videos", manifest["videos"]), ("queries", manifest["queries"])):
-            for data, offsets in self._ragged_columns(table_name):
-                end = int(s.read(offsets, count - 1, count)[0, 1]) if count else 0
-                s.resize(offsets, count)
+        indexed = indexed_counts(manifest)
+        for table_name in ("videos", "queries"):
+            for data, index, count, stop_col in self._ragged_columns(table_name):
+                end = int(s.read(index, count - 1, count)[0, stop_col]) if count else 0
+                s.resize(index, count)
                 s.resize(data, end)
         for name in s.get_attr("encoders")["text"]:
-            s.resize(f"text/{name}/pooled", manifest["queries"])
+            s.resize(f"text/{name}/pooled", indexed["text"].get(name, manifest["queries"]))
         if s.backend == "zarr":
             # Temporary files of an interrupted atomic write; never referenced by metadata.
             for partial in self.path.rglob("*.partial"):
@@ -252,29 +365,59 @@ class CacheWriter:
     def completed_queries(self) -> set[str]:
         return set(self._qids)
 
-    def _append(self, data: str, offsets: str, index: int, rows: np.ndarray) -> int:
-        """Write item `index`'s rows right after item index-1's, record its range; return the start row."""
-        start = self._ends[offsets]
+    def covered_videos(self, encoder: str) -> set[str]:
+        """Committed videos that have ``encoder``'s features (all of them unless it was added)."""
+        if encoder not in self._covered["video"]:
+            return self.completed_videos
+        return {self._video_meta[row]["vid"] for row in self._covered["video"][encoder]}
+
+    def covered_queries(self, encoder: str) -> set[str]:
+        """Committed queries that have ``encoder``'s tokens (all of them unless it was added)."""
+        if encoder not in self._covered["text"]:
+            return self.completed_queries
+        return {self._query_meta[row]["qid"] for row in self._covered["text"][encoder]}
+
+    def _append(
+        self, data: str, index: str, position: int, rows: np.ndarray, item_row: int | None = None
+    ) -> int:
+        """Write rows right after the previous entry's and record their range at ``position`` of
+        ``index`` (with the item's row first for an indexed encoder); return the start row."""
+        start = self._ends[index]
         self._store.write(data, start, rows)
-        self._store.write(offsets, index, np.array([[start, start + len(rows)]], dtype=np.int64))
-        self._ends[offsets] = start + len(rows)
+        record = [start, start + len(rows)] if item_row is None else [item_row, start, start + len(rows)]
+        self._store.write(index, position, np.array([record], dtype=np.int64))
+        self._ends[index] = start + len(rows)
         return start
 
     def _commit(self) -> None:
         self._store.flush()  # every array of the item is on disk before the manifest says so
-        self._store.set_attr("manifest", {"videos": self._n_videos, "queries": self._n_queries})
+        manifest: dict = {"videos": self._n_videos, "queries": self._n_queries}
+        if any(self._indexed.values()):
+            manifest["entries"] = self._indexed
+        self._store.set_attr("manifest", manifest)
         self._store.flush()
 
     # -- items ------------------------------------------------------------------------------
     def add_video(self, item: VideoItem) -> None:
-        """Validate and append one video; it becomes visible to readers when this returns."""
+        """Validate and append one video; it becomes visible to readers when this returns.
+
+        Features of every encoder written with the cache are required; an added (indexed)
+        encoder missing from ``item.features`` is simply not committed for this video.
+        """
         problems = self.check_video(item)
         if problems:
             raise SchemaError("; ".join(problems))
         n = self._n_videos
         for name, spec in self.encoders["video"].items():
+            if name in self._indexed["video"] and name not in item.features:
+                continue
             feats = np.asarray(item.features[name]).astype(spec.numpy_dtype, copy=False)
-            start = self._append(f"video/{name}/features", f"videos/offsets/{name}", n, feats)
+            if name in self._indexed["video"]:
+                index, position = index_array("video", name, True), self._indexed["video"][name]
+                start = self._append(f"video/{name}/features", index, position, feats, item_row=n)
+                self._indexed["video"][name] += 1
+            else:
+                start = self._append(f"video/{name}/features", f"videos/offsets/{name}", n, feats)
             # timestamps share the features' offsets: row i of one is row i of the other
             self._store.write(
                 f"video/{name}/timestamps", start, np.asarray(item.timestamps_sec[name], np.float64)
@@ -292,6 +435,10 @@ class CacheWriter:
         self._commit()
         self._video_meta.append(meta)
         self._vids[item.vid] = meta
+        self._video_rows[item.vid] = n
+        for name, rows in self._covered["video"].items():
+            if name in item.features:
+                rows.add(n)
 
     def check_video(self, item: VideoItem) -> list[str]:
         """Every way `item` breaks the contract, as messages naming the video."""
@@ -309,6 +456,8 @@ class CacheWriter:
                 f"video {vid}: orientation must be an Orientation or None, not {item.orientation!r}"
             )
         for name, spec in self.encoders["video"].items():
+            if name in self._indexed["video"] and name not in item.features:
+                continue  # an added encoder is optional
             if name not in item.features or name not in item.timestamps_sec:
                 problems.append(f"video {vid}: no features/timestamps for encoder {name!r}")
                 continue
@@ -337,7 +486,10 @@ class CacheWriter:
         return problems
 
     def add_queries(self, items: Sequence[QueryItem]) -> None:
-        """Validate and append queries (their videos must be committed); atomic as a batch."""
+        """Validate and append queries (their videos must be committed); atomic as a batch.
+
+        As in `add_video`, an added (indexed) text encoder missing from ``item.tokens`` is not
+        committed for that query; every other encoder is required."""
         problems = [p for item in items for p in self.check_query(item)]
         qids = [q.qid for q in items]
         if len(set(qids)) != len(qids):
@@ -349,10 +501,19 @@ class CacheWriter:
         for item in items:
             m = self._n_queries
             for name, spec in self.encoders["text"].items():
+                if name in self._indexed["text"] and name not in item.tokens:
+                    continue  # an added encoder is optional
                 tokens = np.asarray(item.tokens[name]).astype(spec.numpy_dtype, copy=False)
-                self._append(f"text/{name}/tokens", f"queries/offsets/{name}", m, tokens)
                 pooled = np.asarray(item.pooled[name]).astype(spec.numpy_dtype, copy=False)
-                self._store.write(f"text/{name}/pooled", m, pooled[None])
+                if name in self._indexed["text"]:
+                    position = self._indexed["text"][name]
+                    self._append(f"text/{name}/tokens", index_array("text", name, True), position, tokens, m)
+                    self._store.write(f"text/{name}/pooled", position, pooled[None])
+                    self._indexed["text"][name] += 1
+                    self._covered["text"][name].add(m)
+                else:
+                    self._append(f"text/{name}/tokens", f"queries/offsets/{name}", m, tokens)
+                    self._store.write(f"text/{name}/pooled", m, pooled[None])
             meta = {
                 "qid": item.qid,
                 "vid": item.vid,
@@ -365,6 +526,7 @@ class CacheWriter:
             self._append("queries/meta", "queries/meta_offsets", m, _encode_json(meta))
             self._n_queries += 1
             self._query_meta.append(meta)
+            self._query_rows[item.qid] = m
         self._commit()
         self._qids.update(qids)
 
@@ -393,6 +555,8 @@ class CacheWriter:
             elif not np.all(np.isfinite(sal)):
                 problems.append(f"query {qid}: saliency contains NaN/Inf")
         for name, spec in self.encoders["text"].items():
+            if name in self._indexed["text"] and name not in item.tokens:
+                continue  # an added encoder is optional
             if name not in item.tokens or name not in item.pooled:
                 problems.append(f"query {qid}: no tokens/pooled for text encoder {name!r}")
                 continue
@@ -409,6 +573,170 @@ class CacheWriter:
             elif not (np.all(np.isfinite(tokens)) and np.all(np.isfinite(pooled))):
                 problems.append(f"query {qid}: encoder {name!r} text features contain NaN/Inf")
         return problems
+
+    # -- growing: encoders added to an existing cache ----------------------------------------
+    def add_encoder(self, spec: EncoderSpec) -> bool:
+        """Add an (indexed) encoder with no committed features yet; existing arrays are untouched.
+
+        Idempotent, so that a killed run can call it again: an encoder already in the table with
+        the same spec is kept with what it has committed.
+
+        Returns:
+            True when the encoder was added, False when it was already there.
+
+        Raises:
+            SchemaError: the cache has an encoder of that name and modality with another spec.
+        """
+        table = self._store.get_attr("encoders")
+        existing = table[spec.modality].get(spec.name)
+        if existing is not None:
+            if existing != spec.to_dict():
+                raise SchemaError(
+                    f"{self.path}: {spec.modality} encoder {spec.name!r} is already in the cache with "
+                    f"another spec ({_describe({spec.modality: {spec.name: existing}})}); "
+                    "drop it first (python -m cache_schema drop-encoder)"
+                )
+            return False
+        s = self._store
+        index = index_array(spec.modality, spec.name, True)
+        arrays = [
+            (index, (3,), np.int64),
+            (data_array(spec.modality, spec.name), (spec.dim,), spec.numpy_dtype),
+        ]
+        if spec.modality == "video":
+            arrays.append((f"video/{spec.name}/timestamps", (2,), np.float64))
+        else:
+            arrays.append((f"text/{spec.name}/pooled", (spec.dim,), spec.numpy_dtype))
+        # Arrays first, then the manifest (0 entries), then the encoder table: a kill at any point
+        # leaves arrays no table names (reused here on the next call), never a table naming no arrays.
+        for name, row_shape, dtype in arrays:
+            if s.has(name) and (s.row_shape(name) != row_shape or s.dtype(name) != np.dtype(dtype)):
+                s.delete(name)  # left by an earlier add of another spec that was then dropped
+            if s.has(name):
+                s.resize(name, 0)
+            else:
+                s.create(name, row_shape, dtype)
+        self._indexed[spec.modality][spec.name] = 0
+        self._covered[spec.modality][spec.name] = set()
+        self._ends[index] = 0
+        self._commit()
+        s.set_attr("schema_version", SCHEMA_VERSION)
+        s.set_attr("min_reader_version", INDEXED_SINCE)
+        table[spec.modality][spec.name] = spec.to_dict()
+        s.set_attr("encoders", table)
+        s.flush()
+        self.encoders[spec.modality][spec.name] = spec
+        return True
+
+    def _indexed_encoder(self, modality: Modality, name: str) -> EncoderSpec:
+        if name not in self._indexed[modality]:
+            kind = "added" if name in self.encoders[modality] else "in the cache"
+            raise SchemaError(
+                f"{self.path}: {modality} encoder {name!r} is not {kind} (add_encoder first); "
+                f"added: {sorted(self._indexed[modality])}"
+            )
+        return self.encoders[modality][name]
+
+    def add_video_features(
+        self, vid: str, encoder: str, features: np.ndarray, timestamps_sec: np.ndarray
+    ) -> None:
+        """Commit one added encoder's features for one committed video (atomic, like `add_video`).
+
+        Args:
+            vid: A video already in the cache, without this encoder's features.
+            encoder: An encoder added with `add_encoder`.
+            features: (T, D) features.
+            timestamps_sec: (T, 2) float64 [start, end) seconds of each feature's window.
+
+        Raises:
+            SchemaError: naming the video and encoder, for an unknown video, features already
+                committed, a wrong dim, NaN/Inf, or timestamps that break the invariants.
+        """
+        spec = self._indexed_encoder("video", encoder)
+        row = self._video_rows.get(vid)
+        feats, ts = np.asarray(features), np.asarray(timestamps_sec, dtype=np.float64)
+        problems: list[str] = []
+        if row is None:
+            problems.append(f"video {vid}: not in the cache (add_video first)")
+        elif row in self._covered["video"][encoder]:
+            problems.append(f"video {vid}: encoder {encoder!r} is already committed")
+        elif feats.ndim != 2 or feats.shape[1] != spec.dim or feats.shape[0] < 1:
+            problems.append(
+                f"video {vid}: encoder {encoder!r} features have shape {feats.shape}, "
+                f"the encoder table says (T>=1, {spec.dim})"
+            )
+        elif ts.shape != (feats.shape[0], 2):
+            problems.append(
+                f"video {vid}: encoder {encoder!r} has {feats.shape[0]} features "
+                f"but timestamps of shape {ts.shape}"
+            )
+        else:
+            if not np.all(np.isfinite(feats)):
+                problems.append(f"video {vid}: encoder {encoder!r} features contain NaN/Inf")
+            problems += [
+                f"{p} (encoder {encoder!r})"
+                for p in check_timestamps(vid, ts, self._vids[vid]["duration_sec"])
+            ]
+        if problems:
+            raise SchemaError("; ".join(problems))
+        assert row is not None
+        position = self._indexed["video"][encoder]
+        index = index_array("video", encoder, True)
+        rows = feats.astype(spec.numpy_dtype, copy=False)
+        start = self._append(f"video/{encoder}/features", index, position, rows, item_row=row)
+        self._store.write(f"video/{encoder}/timestamps", start, ts)
+        self._indexed["video"][encoder] += 1
+        self._commit()
+        self._covered["video"][encoder].add(row)
+
+    def add_text_features(self, encoder: str, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Commit one added text encoder's features for committed queries, atomic as a batch.
+
+        Args:
+            encoder: A text encoder added with `add_encoder`.
+            features: qid -> (tokens (L, D), pooled (D,)).
+
+        Raises:
+            SchemaError: naming the query and encoder, for an unknown query, features already
+                committed, wrong shapes or NaN/Inf.
+        """
+        spec = self._indexed_encoder("text", encoder)
+        problems: list[str] = []
+        for qid, (tokens, pooled) in features.items():
+            row = self._query_rows.get(qid)
+            tokens, pooled = np.asarray(tokens), np.asarray(pooled)
+            if row is None:
+                problems.append(f"query {qid}: not in the cache (add_queries first)")
+            elif row in self._covered["text"][encoder]:
+                problems.append(f"query {qid}: encoder {encoder!r} is already committed")
+            elif tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] != spec.dim:
+                problems.append(
+                    f"query {qid}: encoder {encoder!r} tokens have shape {tokens.shape}, "
+                    f"the encoder table says (L>=1, {spec.dim})"
+                )
+            elif pooled.shape != (spec.dim,):
+                problems.append(
+                    f"query {qid}: encoder {encoder!r} pooled has shape {pooled.shape}, "
+                    f"expected ({spec.dim},)"
+                )
+            elif not (np.all(np.isfinite(tokens)) and np.all(np.isfinite(pooled))):
+                problems.append(f"query {qid}: encoder {encoder!r} text features contain NaN/Inf")
+        if problems:
+            raise SchemaError("; ".join(problems))
+        index = index_array("text", encoder, True)
+        rows = []
+        for qid, (tokens, pooled) in features.items():
+            row, position = self._query_rows[qid], self._indexed["text"][encoder]
+            self._append(
+                f"text/{encoder}/tokens", index, position, np.asarray(tokens).astype(spec.numpy_dtype), row
+            )
+            self._store.write(
+                f"text/{encoder}/pooled", position, np.asarray(pooled).astype(spec.numpy_dtype)[None]
+            )
+            self._indexed["text"][encoder] += 1
+            rows.append(row)
+        self._commit()
+        self._covered["text"][encoder].update(rows)
 
     def close(self) -> None:
         """Trim the spare capacity of every array to the committed rows, then close."""
@@ -483,6 +811,10 @@ class SplitArrays:
     """(Q, C, A) float32 on each query's saliency grid, NaN padded; None when no query has saliency."""
     saliency_clip_sec: np.ndarray
     """(Q,) float64, NaN where a query has no saliency."""
+    skipped_queries: int = 0
+    """Queries of the split left out because an encoder was not committed for them (``uncovered="skip"``)."""
+    skipped_videos: int = 0
+    """Videos of the split whose queries were all left out for that reason."""
 
 
 class CacheReader:
@@ -495,6 +827,9 @@ class CacheReader:
         self._store = open_store(self.path, "r")
         s = self._store
         self.schema_version: str = s.get_attr("schema_version")
+        self.min_reader_version: str | None = s.get_attr("min_reader_version")
+        """The oldest schema a reader must know to read this cache (None: any reader of its major)."""
+        check_version(self.path, self.schema_version, self.min_reader_version)
         self.dataset: str = s.get_attr("dataset")
         self.created: dict = s.get_attr("created")
         table = s.get_attr("encoders")
@@ -511,12 +846,20 @@ class CacheReader:
         )
         self._video_rows = {m["vid"]: i for i, m in enumerate(self._video_meta)}
         self._query_rows = {m["qid"]: i for i, m in enumerate(self._query_meta)}
-        self._video_offsets = {
-            n: s.read(f"videos/offsets/{n}", 0, self.n_videos) for n in self.video_encoders
-        }
-        self._query_offsets = {
-            n: s.read(f"queries/offsets/{n}", 0, self.n_queries) for n in self.text_encoders
-        }
+        # Per encoder: (N, 2) row range of each item, -1 where the encoder is not committed, and
+        # the row of each item in the encoder's per-item arrays (text pooled).
+        indexed = indexed_counts(manifest)
+        self.added_encoders = {m: sorted(set(indexed[m]) & set(table[m])) for m in ("video", "text")}
+        """Encoders added to the cache after it was written (they may cover only some items)."""
+        self._video_offsets: dict[str, np.ndarray] = {}
+        self._query_offsets: dict[str, np.ndarray] = {}
+        self._pooled_rows: dict[str, np.ndarray] = {}
+        for n in self.video_encoders:
+            self._video_offsets[n], _ = read_ranges(s, "video", n, self.n_videos, indexed["video"])
+        for n in self.text_encoders:
+            self._query_offsets[n], self._pooled_rows[n] = read_ranges(
+                s, "text", n, self.n_queries, indexed["text"]
+            )
 
     # -- ids and metadata -----------------------------------------------------------------
     @property
@@ -562,17 +905,61 @@ class CacheReader:
     def video_meta(self, vid: str) -> VideoMeta:
         return VideoMeta.from_record(self._video_meta[self._video_row(vid)])
 
-    def video_features(self, vid: str, encoder: str) -> np.ndarray:
-        """(T, D) features of one video."""
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """Modality -> encoder -> number of committed items (videos or queries) that have its features."""
+        return {
+            "video": {n: int((o[:, 0] >= 0).sum()) for n, o in self._video_offsets.items()},
+            "text": {n: int((o[:, 0] >= 0).sum()) for n, o in self._query_offsets.items()},
+        }
+
+    def videos_with(self, encoders: Sequence[str]) -> list[str]:
+        """Committed videos that have the features of every video encoder in ``encoders``."""
+        for name in encoders:
+            self._video_encoder(name)
+        mask = np.ones(self.n_videos, dtype=bool)
+        for name in encoders:
+            mask &= self._video_offsets[name][:, 0] >= 0
+        return [self._video_meta[i]["vid"] for i in np.flatnonzero(mask)]
+
+    def queries_with(self, encoder: str) -> list[str]:
+        """Committed queries that have the tokens of text encoder ``encoder``."""
+        self._text_encoder(encoder)
+        return [self._query_meta[i]["qid"] for i in np.flatnonzero(self._query_offsets[encoder][:, 0] >= 0)]
+
+    def _video_range(self, vid: str, encoder: str) -> tuple[int, int]:
         self._video_encoder(encoder)
         start, stop = self._video_offsets[encoder][self._video_row(vid)]
+        if start < 0:
+            raise EncoderNotCommittedError(
+                f"{self.path}: video {vid}: encoder {encoder!r} is not committed for it "
+                f"({self.coverage()['video'][encoder]} of {self.n_videos} videos have it)"
+            )
+        return int(start), int(stop)
+
+    def video_features(self, vid: str, encoder: str) -> np.ndarray:
+        """(T, D) features of one video.
+
+        Raises:
+            KeyError: unknown video or encoder; `EncoderNotCommittedError` (a KeyError) when the
+                encoder was added to the cache and is not committed for this video.
+        """
+        start, stop = self._video_range(vid, encoder)
         return self._store.read(f"video/{encoder}/features", start, stop)
 
     def video_timestamps(self, vid: str, encoder: str) -> np.ndarray:
-        """(T, 2) [start, end) seconds of each feature of one video."""
-        self._video_encoder(encoder)
-        start, stop = self._video_offsets[encoder][self._video_row(vid)]
+        """(T, 2) [start, end) seconds of each feature of one video (errors as `video_features`)."""
+        start, stop = self._video_range(vid, encoder)
         return self._store.read(f"video/{encoder}/timestamps", start, stop)
+
+    def video_encoders_of(self, vid: str) -> list[str]:
+        """The video encoders committed for ``vid``."""
+        row = self._video_row(vid)
+        return [n for n in self.video_encoders if self._video_offsets[n][row, 0] >= 0]
+
+    def text_encoders_of(self, qid: str) -> list[str]:
+        """The text encoders committed for ``qid``."""
+        row = self._query_row(qid)
+        return [n for n in self.text_encoders if self._query_offsets[n][row, 0] >= 0]
 
     def video(self, vid: str) -> VideoItem:
         meta = self.video_meta(vid)
@@ -583,8 +970,8 @@ class CacheReader:
             n_frames=meta.n_frames,
             source=meta.source,
             orientation=meta.orientation,
-            features={n: self.video_features(vid, n) for n in self.video_encoders},
-            timestamps_sec={n: self.video_timestamps(vid, n) for n in self.video_encoders},
+            features={n: self.video_features(vid, n) for n in self.video_encoders_of(vid)},
+            timestamps_sec={n: self.video_timestamps(vid, n) for n in self.video_encoders_of(vid)},
         )
 
     def _query_item(self, meta: dict) -> QueryItem:
@@ -599,23 +986,36 @@ class CacheReader:
         )
 
     def query(self, qid: str, *, features: bool = True) -> QueryItem:
-        """One query; with ``features`` its tokens and pooled embedding for every text encoder."""
+        """One query; with ``features`` its tokens and pooled embedding for every text encoder
+        committed for it."""
         item = self._query_item(self._query_meta[self._query_row(qid)])
         if features:
-            item.tokens = {n: self.query_tokens(qid, n) for n in self.text_encoders}
-            item.pooled = {n: self.query_pooled(qid, n) for n in self.text_encoders}
+            names = self.text_encoders_of(qid)
+            item.tokens = {n: self.query_tokens(qid, n) for n in names}
+            item.pooled = {n: self.query_pooled(qid, n) for n in names}
         return item
 
-    def query_tokens(self, qid: str, encoder: str) -> np.ndarray:
-        """(L, D) token features of one query."""
+    def _query_entry(self, qid: str, encoder: str) -> int:
         self._text_encoder(encoder)
-        start, stop = self._query_offsets[encoder][self._query_row(qid)]
+        row = self._query_row(qid)
+        entry = int(self._pooled_rows[encoder][row])
+        if entry < 0:
+            raise EncoderNotCommittedError(
+                f"{self.path}: query {qid}: text encoder {encoder!r} is not committed for it "
+                f"({self.coverage()['text'][encoder]} of {self.n_queries} queries have it)"
+            )
+        return row
+
+    def query_tokens(self, qid: str, encoder: str) -> np.ndarray:
+        """(L, D) token features of one query (`EncoderNotCommittedError` where not committed)."""
+        row = self._query_entry(qid, encoder)
+        start, stop = self._query_offsets[encoder][row]
         return self._store.read(f"text/{encoder}/tokens", start, stop)
 
     def query_pooled(self, qid: str, encoder: str) -> np.ndarray:
-        self._text_encoder(encoder)
-        row = self._query_row(qid)
-        return self._store.read(f"text/{encoder}/pooled", row, row + 1)[0]
+        """(D,) sentence embedding of one query (`EncoderNotCommittedError` where not committed)."""
+        entry = int(self._pooled_rows[encoder][self._query_entry(qid, encoder)])
+        return self._store.read(f"text/{encoder}/pooled", entry, entry + 1)[0]
 
     def queries(self, split: str | None = None) -> list[QueryItem]:
         """Query records (without features), optionally of one split."""
@@ -625,18 +1025,58 @@ class CacheReader:
         return self._store.size_on_disk()
 
     # -- the training fast path -----------------------------------------------------------
-    def load_split(self, split: str, video_encoders: Sequence[str], text_encoder: str) -> SplitArrays:
+    def load_split(
+        self,
+        split: str,
+        video_encoders: Sequence[str],
+        text_encoder: str,
+        *,
+        uncovered: Uncovered = "error",
+    ) -> SplitArrays:
         """Load every query of `split` and its videos as dense padded arrays, in a few large reads.
 
         Several video encoders are concatenated along D; their timestamps must agree per video.
+        A query is covered when its video has every one of ``video_encoders`` committed and the
+        query has ``text_encoder`` committed (encoders added to a cache may cover only some items).
+
+        Args:
+            uncovered: ``error`` (default) refuses a split with uncovered queries, giving the
+                counts; ``skip`` leaves them out and counts them in ``SplitArrays.skipped_*``.
+
+        Raises:
+            UncoveredItemsError: some queries are not covered and ``uncovered`` is ``error``, or
+                none is covered.
+            SchemaError: the split has no queries, or the encoders' timestamps disagree.
         """
         if not video_encoders:
             raise ValueError("load_split needs at least one video encoder")
+        if uncovered not in ("error", "skip"):
+            raise ValueError(f"uncovered must be 'error' or 'skip', got {uncovered!r}")
         specs = [self._video_encoder(n) for n in video_encoders]
         text_spec = self._text_encoder(text_encoder)
-        qrows = [i for i, m in enumerate(self._query_meta) if m["split"] == split]
-        if not qrows:
+        all_rows = [i for i, m in enumerate(self._query_meta) if m["split"] == split]
+        if not all_rows:
             raise SchemaError(f"{self.path}: split {split!r} has no queries; splits: {self.splits()}")
+        video_ok = np.ones(self.n_videos, dtype=bool)
+        for name in video_encoders:
+            video_ok &= self._video_offsets[name][:, 0] >= 0
+        qrows = [
+            i
+            for i in all_rows
+            if video_ok[self._video_rows[self._query_meta[i]["vid"]]]
+            and self._query_offsets[text_encoder][i, 0] >= 0
+        ]
+        skipped_queries = len(all_rows) - len(qrows)
+        skipped_videos = len(
+            {self._query_meta[i]["vid"] for i in all_rows} - {self._query_meta[i]["vid"] for i in qrows}
+        )
+        if skipped_queries and (uncovered == "error" or not qrows):
+            raise UncoveredItemsError(
+                f"{self.path}: split {split!r}: {skipped_queries} of {len(all_rows)} queries "
+                f"({skipped_videos} videos) lack committed features of video encoders "
+                f"{list(video_encoders)} or text encoder {text_encoder!r}"
+                + ("; none is covered" if not qrows else "; skip them explicitly to train on the rest")
+            )
         qmeta = [self._query_meta[i] for i in qrows]
         vids = list(dict.fromkeys(m["vid"] for m in qmeta))
         vrows = np.array([self._video_row(v) for v in vids], dtype=np.int64)
@@ -677,8 +1117,9 @@ class CacheReader:
         tokens = np.zeros((len(qrows), int(token_lengths.max()), text_spec.dim), dtype=text_spec.numpy_dtype)
         for i, tok in enumerate(_gather_rows(self._store, f"text/{text_encoder}/tokens", tranges)):
             tokens[i, : len(tok)] = tok
-        pooled_all = self._store.read(f"text/{text_encoder}/pooled", 0, self.n_queries)
-        pooled = pooled_all[qrows_arr]
+        pooled_rows = self._pooled_rows[text_encoder]
+        pooled_all = self._store.read(f"text/{text_encoder}/pooled", 0, int(pooled_rows.max()) + 1)
+        pooled = pooled_all[pooled_rows[qrows_arr]]
 
         window_counts = np.array([len(m["windows"]) for m in qmeta], dtype=np.int64)
         windows = np.zeros((len(qmeta), max(1, int(window_counts.max())), 2), dtype=np.float64)
@@ -702,6 +1143,8 @@ class CacheReader:
             window_counts=window_counts,
             saliency=saliency,
             saliency_clip_sec=clip_sec,
+            skipped_queries=skipped_queries,
+            skipped_videos=skipped_videos,
         )
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from cache_schema.backends import Store
 from cache_schema.spec import EncoderSpec, Orientation, SchemaError, check_timestamps, check_windows
-from cache_schema.store import CacheReader, _decode_json, check_version
+from cache_schema.store import CacheReader, _decode_json, check_version, index_array, indexed_counts
 
 _BLOCK_ROWS = 1 << 16
 
@@ -31,7 +31,7 @@ def validate(path: str | os.PathLike) -> list[str]:
 
 def _validate_store(path: Path, store: Store) -> list[str]:
     try:
-        check_version(path, store.get_attr("schema_version"))
+        check_version(path, store.get_attr("schema_version"), store.get_attr("min_reader_version"))
     except SchemaError as err:
         return [str(err)]
     problems: list[str] = []
@@ -46,6 +46,7 @@ def _validate_store(path: Path, store: Store) -> list[str]:
     except (SchemaError, TypeError) as err:
         return [f"{path}: encoder table is invalid: {err}"]
     n_videos, n_queries = manifest["videos"], manifest["queries"]
+    indexed = indexed_counts(manifest)
 
     def ranges(name: str, count: int, data: str) -> np.ndarray | None:
         """Committed offsets of one ragged column, checked for shape, contiguity and bounds."""
@@ -85,16 +86,54 @@ def _validate_store(path: Path, store: Store) -> list[str]:
             except SchemaError as err:
                 problems.append(f"video {v['vid']}: {err}")
 
+    def entries(modality: str, name: str, n_items: int, data: str) -> tuple[np.ndarray, list[int]] | None:
+        """An encoder's committed row ranges and the item row of each, checked like `ranges`."""
+        if name not in indexed[modality]:
+            offs = ranges(f"{'videos' if modality == 'video' else 'queries'}/offsets/{name}", n_items, data)
+            return None if offs is None else (offs, list(range(n_items)))
+        index = index_array(modality, name, True)  # type: ignore[arg-type]
+        count = indexed[modality][name]
+        if not store.has(index) or store.nrows(index) < count or store.row_shape(index) != (3,):
+            problems.append(f"{path}: {index} is missing or has fewer than the {count} committed entries")
+            return None
+        table = store.read(index, 0, count)
+        rows = table[:, 0]
+        kind = "video" if modality == "video" else "query"
+        if np.any((rows < 0) | (rows >= n_items)):
+            problems.append(f"{path}: {index} names {kind} rows outside [0, {n_items})")
+            return None
+        if len(set(rows.tolist())) != len(rows):
+            problems.append(f"{path}: {index} commits some {kind} twice")
+            return None
+        offs = ranges_of(index, table[:, 1:], data)
+        return None if offs is None else (offs, rows.tolist())
+
+    def ranges_of(name: str, offs: np.ndarray, data: str) -> np.ndarray | None:
+        if len(offs) and (
+            offs[0, 0] != 0 or np.any(offs[1:, 0] != offs[:-1, 1]) or np.any(offs[:, 1] < offs[:, 0])
+        ):
+            problems.append(f"{path}: {name} offsets are not contiguous")
+            return None
+        if not store.has(data):
+            problems.append(f"{path}: array {data} is missing")
+            return None
+        if len(offs) and offs[-1, 1] > store.nrows(data):
+            problems.append(f"{path}: {data} has {store.nrows(data)} rows, offsets reach {offs[-1, 1]}")
+            return None
+        return offs
+
     for name, spec in specs["video"].items():
-        offs = ranges(f"videos/offsets/{name}", n_videos, f"video/{name}/features")
-        if offs is None:
+        found = entries("video", name, n_videos, f"video/{name}/features")
+        if found is None:
             continue
+        offs, rows = found
+        covered = [videos[r] for r in rows]
         problems += _check_dim(store, f"video/{name}/features", spec.dim)
-        if store.nrows(f"video/{name}/timestamps") < (offs[-1, 1] if n_videos else 0):
+        if store.nrows(f"video/{name}/timestamps") < (offs[-1, 1] if len(offs) else 0):
             problems.append(f"{path}: video/{name}/timestamps is shorter than its features")
             continue
-        ts_all = store.read(f"video/{name}/timestamps", 0, int(offs[-1, 1]) if n_videos else 0)
-        for v, (start, stop) in zip(videos, offs, strict=True):
+        ts_all = store.read(f"video/{name}/timestamps", 0, int(offs[-1, 1]) if len(offs) else 0)
+        for v, (start, stop) in zip(covered, offs, strict=True):
             if stop == start:
                 problems.append(f"video {v['vid']}: encoder {name!r} has no features")
                 continue
@@ -103,7 +142,7 @@ def _validate_store(path: Path, store: Store) -> list[str]:
                 for p in check_timestamps(v["vid"], ts_all[start:stop], v["duration_sec"])
             ]
         problems += _check_finite(
-            store, f"video/{name}/features", offs, [v["vid"] for v in videos], "video", name
+            store, f"video/{name}/features", offs, [v["vid"] for v in covered], "video", name
         )
 
     qids: set[str] = set()
@@ -118,20 +157,22 @@ def _validate_store(path: Path, store: Store) -> list[str]:
         if not q["split"]:
             problems.append(f"query {q['qid']}: empty split")
     for name, spec in specs["text"].items():
-        offs = ranges(f"queries/offsets/{name}", n_queries, f"text/{name}/tokens")
-        if offs is None:
+        found = entries("text", name, n_queries, f"text/{name}/tokens")
+        if found is None:
             continue
+        offs, rows = found
+        covered = [queries[r] for r in rows]
         problems += _check_dim(store, f"text/{name}/tokens", spec.dim)
         problems += _check_dim(store, f"text/{name}/pooled", spec.dim)
-        for q, (start, stop) in zip(queries, offs, strict=True):
+        for q, (start, stop) in zip(covered, offs, strict=True):
             if stop == start:
                 problems.append(f"query {q['qid']}: encoder {name!r} has no tokens")
-        ids = [q["qid"] for q in queries]
+        ids = [q["qid"] for q in covered]
         problems += _check_finite(store, f"text/{name}/tokens", offs, ids, "query", name)
-        if store.nrows(f"text/{name}/pooled") < n_queries:
+        if store.nrows(f"text/{name}/pooled") < len(rows):
             problems.append(f"{path}: text/{name}/pooled has fewer rows than committed queries")
         else:
-            pooled = store.read(f"text/{name}/pooled", 0, n_queries)
+            pooled = store.read(f"text/{name}/pooled", 0, len(rows))
             for i in np.flatnonzero(~np.isfinite(pooled.astype(np.float32)).all(axis=1)):
                 problems.append(f"query {ids[i]}: encoder {name!r} pooled contains NaN/Inf")
     return problems
@@ -171,8 +212,11 @@ def inspect(path: str | os.PathLike) -> dict:
             "videos": reader.n_videos,
             "queries": reader.n_queries,
             "splits": reader.splits(),
+            "min_reader_version": reader.min_reader_version,
             "video_encoders": {n: s.to_dict() for n, s in reader.video_encoders.items()},
             "text_encoders": {n: s.to_dict() for n, s in reader.text_encoders.items()},
+            "coverage": reader.coverage(),
+            "added_encoders": reader.added_encoders,
             "features_per_video": _length_stats(
                 [reader._video_offsets[n] for n in reader.video_encoders][:1]
             ),
@@ -183,5 +227,8 @@ def inspect(path: str | os.PathLike) -> dict:
 def _length_stats(offsets: list[np.ndarray]) -> dict:
     if not offsets or not len(offsets[0]):
         return {}
-    lengths = offsets[0][:, 1] - offsets[0][:, 0]
+    committed = offsets[0][offsets[0][:, 0] >= 0]
+    if not len(committed):
+        return {}
+    lengths = committed[:, 1] - committed[:, 0]
     return {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())}

@@ -2,6 +2,7 @@
 
     python -m extract --config extract/configs/synthetic.yaml [--limit N] [--output PATH] [--field value ...]
     python -m extract run --config ...            (the same; the default when the first argument is an option)
+    python -m extract --config ... --add-encoder NAME [--add-encoder ...]   (add encoders to the cache)
     python -m extract synthetic --out DIR [--n-videos N] [--seed S]
     python -m extract merge OUTPUT [--world-size N] [--keep-shards]
     python -m extract import --format moment_detr --annotations DATASET ...
@@ -33,6 +34,10 @@ def _run(argv: list[str]) -> int:
     from extract.pipeline import run
 
     config = parse_config(argv, prog=f"{PROG} [run]")
+    if config.add_encoder:
+        from extract.grow import run_add
+
+        return run_add(config, console=Console(stderr=True)).exit_code
     return run(config, console=Console(stderr=True)).exit_code
 
 

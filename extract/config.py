@@ -121,6 +121,10 @@ class ExtractConfig:
         limit: Extract only the first N videos (sorted by video id); None for all.
         overwrite: Delete an existing cache instead of resuming it.
         dist_timeout_min: How long a rank waits for the others at the final barrier (minutes).
+        add_encoder: Encoders (names of ``video_encoders``/``text_encoders`` entries) to add to the
+            existing cache at ``output``: only they run, on the videos and queries already there,
+            and no existing array is modified (``extract.grow``). On the command line
+            ``--add-encoder NAME`` (repeatable). Empty: a normal run.
     """
 
     dataset: str
@@ -148,6 +152,7 @@ class ExtractConfig:
     limit: int | None = None
     overwrite: bool = False
     dist_timeout_min: float = 24 * 60.0
+    add_encoder: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -185,6 +190,15 @@ class ExtractConfig:
             )
         if not self.dist_timeout_min > 0:
             raise ConfigError(f"dist_timeout_min must be positive, got {self.dist_timeout_min}")
+        listed = [c.name for c in (*self.video_encoders, *self.text_encoders)]
+        unlisted = [n for n in self.add_encoder if n not in listed]
+        if unlisted:
+            raise ConfigError(
+                f"add_encoder: {unlisted} not among the config's video_encoders/text_encoders "
+                f"{sorted(set(listed))}; list each there (with its weights) first"
+            )
+        if self.add_encoder and self.overwrite:
+            raise ConfigError("add_encoder adds to an existing cache; it cannot be combined with overwrite")
 
     def _check_annotations(self) -> None:
         """Adapter, variant, splits and annotation roles, checked before anything is read."""
@@ -234,6 +248,30 @@ def build_parser(prog: str = "python -m extract") -> ArgumentParser:
 
 KEY_VALUE_OPTIONS = ("--policy", "--annotations")
 """Options that also take ``KEY=VALUE`` items, the form of the other extract commands."""
+
+ADD_ENCODER_OPTION = "--add-encoder"
+"""Repeatable ``--add-encoder NAME``; collected into the ``add_encoder`` list field."""
+
+
+def _collect_add_encoder(argv: Sequence[str]) -> list[str]:
+    """``--add-encoder A --add-encoder=B`` -> ``--add_encoder ["A", "B"]`` (jsonargparse's list form)."""
+    rest: list[str] = []
+    names: list[str] = []
+    i = 0
+    while i < len(argv):
+        option, inline, value = argv[i].partition("=")
+        if option != ADD_ENCODER_OPTION:
+            rest.append(argv[i])
+            i += 1
+        elif inline:
+            names.append(value)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            names.append(argv[i + 1])
+            i += 2
+        else:
+            raise ConfigError(f"{ADD_ENCODER_OPTION} needs an encoder name")
+    return rest + (["--add_encoder", json.dumps(names)] if names else [])
 
 
 def expand_key_values(argv: Sequence[str]) -> list[str]:
@@ -289,7 +327,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str = "python -m extra
             usage message on a type error or an unknown key.
     """
     parser = build_parser(prog)
-    namespace = parser.parse_args(expand_key_values(list(argv) if argv is not None else sys.argv[1:]))
+    argv = _collect_add_encoder(list(argv) if argv is not None else sys.argv[1:])
+    namespace = parser.parse_args(expand_key_values(argv))
     values = parser.instantiate(namespace)
     fields = {f.name for f in dataclasses.fields(ExtractConfig)}
     return ExtractConfig(**{name: values[name] for name in fields})

@@ -60,6 +60,7 @@ from rich.progress import (
 )
 
 from cache_schema.backends import remove_store
+from cache_schema.edit import merge_caches
 from cache_schema.spec import EncoderSpec, Orientation, QueryItem, SchemaError, VideoItem, check_windows
 from cache_schema.store import CacheReader, CacheWriter
 from cache_schema.validate import validate
@@ -628,7 +629,7 @@ class _FrameQueue:
 
     def finish(self, video: _Pending) -> None:
         """Encode ``video``'s remaining frames now, in a padded batch if need be."""
-        while video.remaining[self.name]:
+        while video.remaining.get(self.name):  # 0, or not pushed here (an encoder it already has)
             self._run_batch(video.shape)
 
     def _run_batch(self, shape: tuple[int, ...]) -> None:
@@ -1030,39 +1031,7 @@ def merge_shards(output: str | os.PathLike, world_size: int | None = None, *, re
     missing = [str(p) for p in shards if not p.exists()]
     if missing:
         raise FileNotFoundError(f"{output}: shard stores {missing} are missing")
-    readers = [CacheReader(p) for p in shards]
-    added = 0
-    try:
-        first = readers[0]
-        for reader in readers[1:]:
-            if (reader.dataset, reader.video_encoders, reader.text_encoders) != (
-                first.dataset,
-                first.video_encoders,
-                first.text_encoders,
-            ):
-                raise SchemaError(f"{reader.path}: dataset or encoders differ from {first.path}")
-        owner: dict[str, CacheReader] = {}
-        qids_of: dict[str, list[str]] = {}
-        for reader in readers:
-            for vid in reader.video_ids:
-                if vid in owner:
-                    raise SchemaError(f"video {vid}: in two shards, {owner[vid].path} and {reader.path}")
-                owner[vid] = reader
-            for query in reader.queries():
-                qids_of.setdefault(query.vid, []).append(query.qid)
-        specs = [*first.video_encoders.values(), *first.text_encoders.values()]
-        with CacheWriter(output, dataset=first.dataset, encoders=specs, mode="resume") as writer:
-            for vid in sorted(owner):
-                reader = owner[vid]
-                if vid not in writer.completed_videos:
-                    writer.add_video(reader.video(vid))
-                    added += 1
-                queries = [reader.query(q) for q in qids_of.get(vid, []) if q not in writer.completed_queries]
-                if queries:
-                    writer.add_queries(queries)
-    finally:
-        for reader in readers:
-            reader.close()
+    added = merge_caches(output, shards)
     problems = validate(output)
     if problems:
         shown = "\n  ".join(problems[:10])

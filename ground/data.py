@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cache_schema import CacheReader, EncoderSpec, SplitArrays
+from cache_schema.store import Uncovered
 from ground.errors import UnknownEncoderError
 
 log = logging.getLogger(__name__)
@@ -300,12 +301,18 @@ class GroundingDataModule(L.LightningDataModule):
             "short=0:10,middle=10:30,long=30:150" (QVHighlights'); passed on to the model's metrics.
         device_resident: keep split tensors on the accelerator and gather batches there.
         seed: seed of shuffling and crops.
+        uncovered: queries whose video lacks one of the chosen video encoders, or which lack the
+            text encoder (encoders added to a cache may be committed for some items only):
+            "error" (default) stops, giving how many; "skip" leaves them out, logs how many and
+            keeps the counts in ``skipped[split]``.
 
     Raises:
         FileNotFoundError: no cache at `cache`.
         SchemaVersionError: the cache was written with another major schema version (both named).
         CacheReadError: the cache cannot be opened or read (truncated, not HDF5/Zarr); names the path.
         UnknownEncoderError: (a KeyError) a chosen encoder is not in the cache; lists those it has.
+        UncoveredItemsError: (when a split is loaded, ``uncovered="error"``) some of its queries
+            lack a chosen encoder; the message gives the counts.
     """
 
     def __init__(
@@ -324,6 +331,7 @@ class GroundingDataModule(L.LightningDataModule):
         length_buckets: str | None = None,
         device_resident: bool = True,
         seed: int = 0,
+        uncovered: Uncovered = "error",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -333,7 +341,11 @@ class GroundingDataModule(L.LightningDataModule):
             self.text_spec = self._choose_text(reader, text_encoder)
             self.schema_version = reader.schema_version
             self.dataset_name = reader.dataset
+        if uncovered not in ("error", "skip"):
+            raise ValueError(f"uncovered must be 'error' or 'skip', got {uncovered!r}")
         self.splits: dict[str, SplitTensors] = {}
+        self.skipped: dict[str, tuple[int, int]] = {}
+        """Split -> (queries, videos) left out because a chosen encoder is not committed for them."""
         self.generator = torch.Generator().manual_seed(seed)
 
     @staticmethod
@@ -383,7 +395,21 @@ class GroundingDataModule(L.LightningDataModule):
     def load(self, split: str) -> SplitTensors:
         if split not in self.splits:
             with CacheReader(self.cache) as reader:
-                arrays = reader.load_split(split, [s.name for s in self.video_specs], self.text_spec.name)
+                arrays = reader.load_split(
+                    split,
+                    [s.name for s in self.video_specs],
+                    self.text_spec.name,
+                    uncovered=self.hparams.uncovered,
+                )
+            self.skipped[split] = (arrays.skipped_queries, arrays.skipped_videos)
+            if arrays.skipped_queries:
+                log.warning(
+                    "split %r: skipped %d queries of %d videos that lack encoders %s",
+                    split,
+                    arrays.skipped_queries,
+                    arrays.skipped_videos,
+                    [s.name for s in self.video_specs] + [self.text_spec.name],
+                )
             tensors = SplitTensors.from_arrays(arrays, split=split, policy=self.hparams.window_policy)
             device = self._device()
             if self.hparams.device_resident and device.type != "cpu":
