@@ -157,7 +157,7 @@ def test_config_and_cache_must_agree(dataset: Path, tmp_path: Path, capsys) -> N
 _KILL_SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {test_dir!r})
-    import test_grow
+    import test_add_encoder as test_grow
     from extract.encoders import registry
     registry._REGISTRY[test_grow.SECOND_VIDEO] = registry._Entry(
         test_grow.SECOND_VIDEO, test_grow._second_video_encoder, False
