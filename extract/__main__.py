@@ -4,6 +4,7 @@
     python -m extract run --config ...            (the same; the default when the first argument is an option)
     python -m extract synthetic --out DIR [--n-videos N] [--seed S]
     python -m extract merge OUTPUT [--world-size N] [--keep-shards]
+    python -m extract shaped --variant qvhighlights|charades_sta --out PATH   (accuracy benchmark cache)
     torchrun --nproc_per_node=N -m extract --config ...   (each rank extracts a shard; rank 0 merges)
 
 Exit codes: 0 every video extracted, 1 some video failed (see ``<output stem>.failures.jsonl``),
@@ -78,11 +79,18 @@ def _import(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _shaped(argv: Sequence[str]) -> int:
+    from extract.shaped import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "synthetic": _synthetic,
     "merge": _merge,
     "import": _import,
+    "shaped": _shaped,
 }
 """Sub-commands by name (``import`` is reserved for the feature importer)."""
 
