@@ -441,7 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         summary = generate(
-            args.variant, args.out, params, annotations=args.annotations, limit_videos=args.limit_videos
+            args.variant,
+            args.out,
+            params,
+            annotations=args.annotations,
+            limit_videos=args.limit_videos,
+            log=lambda line: print(line, flush=True),
         )
     except (AnnotationError, SchemaError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
