@@ -119,6 +119,15 @@ def test_training_is_tracked_at_evenly_spaced_epochs(cache: Path) -> None:
     assert all("MR-full-R1@0.5" in p.metrics and p.trainable for p in points)
 
 
+def test_linear_probe_reads_the_query_and_shuffling_kills_it(cache: Path) -> None:
+    variant = bench.BenchVariant("train", "val", "qvhighlights", ("MR-full-R1@0.5",))
+    result = bench.linear_probe(cache, variant, ridge=1.0)
+    # The fake cache puts each query's concept inside its window: a probe finds it, shuffled can't.
+    assert result.probe > result.chance + 30
+    assert result.shuffled < result.probe - 30
+    assert 0 < result.chance < 100
+
+
 def test_table_and_markers(tmp_path: Path) -> None:
     points = [
         bench.EvalPoint("span", True, 90.0, 300.0, 1.5, 100, {"MR-full-R1@0.5": 40.0, "MR-full-mAP": 30.25}),
