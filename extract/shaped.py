@@ -323,6 +323,8 @@ def generate(
         ),
     ]  # fmt: skip
     out = Path(out)
+    # The old record would vouch for the new cache between its rename and the new record's.
+    params_path(out).unlink(missing_ok=True)
     partial = out.with_name(f"{out.stem}.partial{out.suffix}")
     writer = CacheWriter(partial, dataset=f"shaped_{variant}", encoders=encoders, mode="overwrite")
     videos: dict[str, int] = {}

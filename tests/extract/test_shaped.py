@@ -151,10 +151,13 @@ def test_a_query_without_words_is_one_error_line_naming_its_line(
     root = write_qvhighlights(tmp_path / "bad", bad)
     with pytest.raises(AnnotationError, match=r"highlight_val_release.jsonl:1.*'!!!'"):
         generate("qvhighlights", tmp_path / "x.h5", annotations=root, log=lambda _: None)
+    generate("qvhighlights", tmp_path / "y.h5", annotations=annotations, log=lambda _: None)
+    assert read_params(tmp_path / "y.h5") is not None
     code = extract_main(["shaped", "--annotations", str(root), "--out", str(tmp_path / "y.h5")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "highlight_val_release.jsonl:1" in err[0]
-    assert read_params(tmp_path / "y.h5") is None  # nothing that reads as complete
+    # The failed run over a complete cache leaves nothing that reads as complete.
+    assert read_params(tmp_path / "y.h5") is None
 
 
 def test_missing_annotations_exit_2(tmp_path: Path, capsys) -> None:
