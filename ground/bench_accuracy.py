@@ -255,6 +255,8 @@ class ProbeResult:
     """Linear probe reading the query."""
     shuffled: float
     """The same probe fitted and scored on videos shuffled across queries (text and positions only)."""
+    video_only: float
+    """The same probe with every query's text replaced by one constant vector (video only)."""
     chance: float
     """A random clip (mean fraction of a video's clips inside its windows)."""
 
@@ -264,7 +266,8 @@ def linear_probe(cache: Path, variant: BenchVariant, seed: int = 0, ridge: float
 
     A ridge regression W maps each clip feature v_t (centred per video) to the query's normalised
     pooled text p inside its windows and to 0 outside; a clip scores `(v_t W) . p`. Fitted on the
-    training split, scored on the evaluation split, then again with videos shuffled across queries.
+    training split, scored on the evaluation split, then again with videos shuffled across queries,
+    and again with one constant vector for every query's text (what the video alone gives away).
     """
     with CacheReader(cache) as reader:
         video = next(iter(reader.video_encoders))
@@ -273,35 +276,39 @@ def linear_probe(cache: Path, variant: BenchVariant, seed: int = 0, ridge: float
         test = reader.load_split(variant.eval_split, [video], text)
     rng = np.random.default_rng(seed)
 
-    def arrays(a, order: np.ndarray | None):
-        vi = a.video_index if order is None else order[a.video_index]
-        x = a.video[vi].astype(np.float32)  # (Q, T, D)
-        x -= x.mean(axis=1, keepdims=True)
-        p = a.pooled.astype(np.float32)
+    def rows(a, order: np.ndarray | None, blind: bool = False):
+        """Every (query, clip) pair as flat rows, so nothing is padded to the longest video."""
+        lengths = a.video_lengths[a.video_index]  # (Q,) clips of each query's real video
+        q = np.repeat(np.arange(len(lengths)), lengths)  # (N,) query of each row
+        t = np.arange(len(q)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (N,) clip index
+        vi = a.video_index if order is None else order[a.video_index]  # video whose features it sees
+        means = a.video.sum(axis=1, dtype=np.float32) / a.video_lengths[:, None]  # (V, D), padding is 0
+        x = a.video[vi[q], t].astype(np.float32) - means[vi[q]]  # (N, D)
+        p = np.ones_like(a.pooled, dtype=np.float32) if blind else a.pooled.astype(np.float32)
         p /= np.linalg.norm(p, axis=1, keepdims=True)  # (Q, Dt)
-        centres = a.timestamps_sec[a.video_index].mean(axis=2)  # (Q, T) of the real video
-        real = np.arange(a.windows.shape[1])[None, :] < a.window_counts[:, None]  # (Q, W)
-        inside = (
-            real[:, None, :]
-            & (centres[:, :, None] >= a.windows[:, None, :, 0])
-            & (centres[:, :, None] < a.windows[:, None, :, 1])
-        ).any(axis=2)  # (Q, T)
-        valid = np.arange(x.shape[1])[None, :] < a.video_lengths[a.video_index][:, None]
-        return x, p, inside & valid, valid
+        centre = a.timestamps_sec[a.video_index[q], t].mean(axis=1)  # (N,) in the real video
+        real = np.arange(a.windows.shape[1])[None, :] < a.window_counts[q][:, None]  # (N, W)
+        windows = a.windows[q]  # (N, W, 2)
+        inside = (real & (centre[:, None] >= windows[:, :, 0]) & (centre[:, None] < windows[:, :, 1])).any(1)
+        return q, t, x, p, inside
 
-    def hit1(shuffle: bool) -> tuple[float, float]:
-        x, p, inside, valid = arrays(train, rng.permutation(len(train.vids)) if shuffle else None)
-        xf, yf = x[valid], (inside[:, :, None] * p[:, None, :])[valid]  # (N, D), (N, Dt)
-        w = np.linalg.solve(xf.T @ xf + ridge * np.eye(x.shape[2], dtype=np.float32), xf.T @ yf)
-        x, p, inside, valid = arrays(test, rng.permutation(len(test.vids)) if shuffle else None)
-        scores = np.where(valid, np.einsum("qtd,de,qe->qt", x, w, p), -np.inf)  # (Q, T)
+    def hit1(shuffle: bool, blind: bool = False) -> tuple[float, float]:
+        q, _, x, p, inside = rows(train, rng.permutation(len(train.vids)) if shuffle else None, blind)
+        y = inside[:, None] * p[q]  # (N, Dt): the query's text inside its windows, 0 outside
+        w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1], dtype=np.float32), x.T @ y)
+        q, t, x, p, inside = rows(test, rng.permutation(len(test.vids)) if shuffle else None, blind)
+        scores = np.full((len(p), int(t.max()) + 1), -np.inf, dtype=np.float32)  # (Q, T)
+        scores[q, t] = ((x @ w) * p[q]).sum(axis=1)
+        hits = np.zeros(scores.shape, dtype=bool)
+        hits[q, t] = inside
         top = scores.argmax(axis=1)
-        chance = float(np.mean(inside.sum(axis=1) / valid.sum(axis=1)))
-        return 100.0 * float(inside[np.arange(len(top)), top].mean()), 100.0 * chance
+        chance = float(np.mean(np.bincount(q, weights=inside) / np.bincount(q)))
+        return 100.0 * float(hits[np.arange(len(top)), top].mean()), 100.0 * chance
 
     probe, chance = hit1(shuffle=False)
     shuffled, _ = hit1(shuffle=True)
-    return ProbeResult(probe, shuffled, chance)
+    video_only, _ = hit1(shuffle=False, blind=True)
+    return ProbeResult(probe, shuffled, video_only, chance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{cache.relative_to(REPO)}, {variant.eval_split}: Hit@1 of the top clip, linear probe "
             f"{result.probe:.1f}, same probe on shuffled videos {result.shuffled:.1f}, "
-            f"random clip {result.chance:.1f}"
+            f"without the query (video only) {result.video_only:.1f}, random clip {result.chance:.1f}"
         )
         return 0
     torch.set_num_threads(args.threads)

@@ -125,6 +125,7 @@ def test_linear_probe_reads_the_query_and_shuffling_kills_it(cache: Path) -> Non
     # The fake cache puts each query's concept inside its window: a probe finds it, shuffled can't.
     assert result.probe > result.chance + 30
     assert result.shuffled < result.probe - 30
+    assert result.video_only < result.probe - 30  # one concept per video, at a random place
     assert 0 < result.chance < 100
 
 
