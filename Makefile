@@ -6,7 +6,7 @@ MODEL ?= span
 ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint extract train data zoo serve bench-cache bench-extract bench-train bench-import bench-predict bench-watch
+.PHONY: setup demo test test-slow lint extract train data zoo serve bench-cache bench-extract bench-train bench-import bench-predict bench-watch bench-accuracy
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check cache_schema extract ground tests
@@ -55,3 +58,6 @@ bench-predict: $(STAMP)
 
 bench-watch: $(STAMP)
 	$(PY) -m ground bench-watch $(ARGS)
+
+bench-accuracy: $(STAMP)
+	$(PY) -m ground.bench_accuracy $(ARGS)

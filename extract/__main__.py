@@ -6,6 +6,7 @@
     python -m extract synthetic --out DIR [--n-videos N] [--seed S]
     python -m extract merge OUTPUT [--world-size N] [--keep-shards]
     python -m extract import --format moment_detr --annotations DATASET ...
+    python -m extract shaped --variant qvhighlights|charades_sta --out PATH   (accuracy benchmark cache)
     torchrun --nproc_per_node=N -m extract --config ...   (each rank extracts a shard; rank 0 merges)
 
 Exit codes: 0 every video extracted, 1 some video failed (see ``<output stem>.failures.jsonl``),
@@ -80,11 +81,19 @@ def _import(argv: list[str]) -> int:
     return main(argv)
 
 
+def _shaped(argv: list[str]) -> int:
+    """Generate a benchmark-shaped cache from real annotations (the accuracy benchmark's data)."""
+    from extract.shaped import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": _run,
     "synthetic": _synthetic,
     "merge": _merge,
     "import": _import,
+    "shaped": _shaped,
 }
 """Sub-commands by name; ``python -m extract --help`` lists each with its docstring's first line."""
 
