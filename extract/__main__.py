@@ -82,7 +82,7 @@ def _import(argv: list[str]) -> int:
 
 
 def _shaped(argv: list[str]) -> int:
-    """Generate a benchmark-shaped cache from real annotations (the accuracy benchmark's data)."""
+    """generate a benchmark-shaped cache from real annotations (the accuracy benchmark's data)"""
     from extract.shaped import main
 
     return main(argv)
