@@ -631,15 +631,7 @@ def create_app(
     async def ground(request: Request) -> JSONResponse:
         if _body_kind(request.headers.get("content-type", "")) == "multipart":
             return await _ground_upload(request)
-        _check_length(request, MAX_JSON_BYTES)
-        try:
-            body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
-        except _BodyTooLarge:
-            raise _too_large(MAX_JSON_BYTES) from None
-        try:
-            req = GroundRequest.model_validate_json(body)
-        except ValidationError as err:
-            raise RequestValidationError(err.errors(include_url=False)) from None
+        req = await _json(request, GroundRequest)
         if req.video_id in cached_ids:
             video: str | Path = req.video_id
             vid = req.video_id
@@ -663,18 +655,8 @@ def create_app(
         },
     )
     async def ground_features(request: Request) -> JSONResponse:
-        if _body_kind(request.headers.get("content-type", "")) != "json":
-            raise HTTPException(415, "POST /ground/features takes application/json")
         # Features are as large as a video's upload: the upload cap, not the small JSON one.
-        _check_length(request, upload_limit)
-        try:
-            body = await Request(request.scope, _capped(request.receive, upload_limit)).body()
-        except _BodyTooLarge:
-            raise _too_large(upload_limit) from None
-        try:
-            req = FeaturesRequest.model_validate_json(body)
-        except ValidationError as err:
-            raise RequestValidationError(err.errors(include_url=False)) from None
+        req = await _json(request, FeaturesRequest, limit_bytes=upload_limit)
         text_features = labels = None
         if req.query_features is not None:
             text_features = [
@@ -773,14 +755,15 @@ def create_app(
     async def stream_error(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=_grounding_status(exc))
 
-    async def _json(request: Request, model: type[BaseModel]) -> Any:
+    async def _json(request: Request, model: type[BaseModel], limit_bytes: int = MAX_JSON_BYTES) -> Any:
+        """The request's JSON body as `model`: 415 unless JSON, 413 past `limit_bytes`, 422 if invalid."""
         if _body_kind(request.headers.get("content-type", "")) != "json":
             raise HTTPException(415, f"{request.method} {request.url.path} takes application/json")
-        _check_length(request, MAX_JSON_BYTES)
+        _check_length(request, limit_bytes)
         try:
-            body = await Request(request.scope, _capped(request.receive, MAX_JSON_BYTES)).body()
+            body = await Request(request.scope, _capped(request.receive, limit_bytes)).body()
         except _BodyTooLarge:
-            raise _too_large(MAX_JSON_BYTES) from None
+            raise _too_large(limit_bytes) from None
         try:
             return model.model_validate_json(body)
         except ValidationError as err:
