@@ -22,6 +22,7 @@ from extract.__main__ import main as extract_main
 from extract.video import probe_video, write_video
 from ground.cli import main as ground_main
 from ground.data import GroundingDataModule
+from ground.errors import CheckpointError
 from ground.module import GroundingModule
 from ground.predict import (
     FINE_FACTOR,
@@ -293,7 +294,7 @@ def test_checkpoint_without_encoder_record_is_refused(world: World, tmp_path: Pa
     del checkpoint["groundcache"]
     bare = tmp_path / "bare.ckpt"
     torch.save(checkpoint, bare)
-    with pytest.raises(KeyError, match="no encoder record"):
+    with pytest.raises(CheckpointError, match="bare.ckpt: no encoder record"):
         Grounder.from_checkpoint(bare)
 
 
