@@ -45,7 +45,8 @@ class SplitTensors:
     tokens: Tensor  # (Q, L, Dt)
     token_lengths: Tensor  # (Q,)
     pooled: Tensor  # (Q, Dt)
-    windows: Tensor  # (Q, W, 2) seconds
+    windows: Tensor  # (Q, W, 2) float32 seconds, clipped to the features' end (training targets)
+    gt_windows: Tensor  # (Q, W, 2) float64 seconds exactly as the cache holds them (metrics)
     window_counts: Tensor  # (Q,)
     saliency: Tensor  # (Q, T) mean annotator score of the clip under each feature, 0 where unknown
     saliency_mask: Tensor  # (Q, T) bool
@@ -96,6 +97,10 @@ class SplitTensors:
             token_lengths=torch.from_numpy(arrays.token_lengths),
             pooled=torch.from_numpy(arrays.pooled),
             windows=torch.from_numpy(windows).float(),
+            # Metrics score the windows as stored, in float64 like the official evaluator reading
+            # the annotation file: float32 moves an edge such as 3.3 s, and an IoU sitting on a
+            # threshold then crosses it, so `ground test` and `ground eval` would disagree.
+            gt_windows=torch.from_numpy(np.asarray(arrays.windows, dtype=np.float64)),
             window_counts=torch.from_numpy(arrays.window_counts),
             saliency=torch.from_numpy(saliency),
             saliency_mask=torch.from_numpy(saliency_mask),
@@ -111,7 +116,8 @@ class SplitTensors:
 
         With `max_clips`, videos longer than that are cropped to `max_clips` consecutive clips
         chosen at random among the crops that contain the first ground-truth window (or as
-        much of it as fits); windows are clipped to the crop.
+        much of it as fits); windows are clipped to the crop, and such a training batch carries
+        no `gt_windows` (metrics score whole videos).
         """
         idx = idx.to(self.video_index.device)
         vi = self.video_index[idx]  # (B,)
@@ -132,6 +138,7 @@ class SplitTensors:
             "text_mask": torch.arange(n_tok, device=idx.device)[None, :] < token_lengths[:, None],
             "text_pooled": self.pooled[idx].float(),  # (B, Dt)
             "windows": self.windows[idx],  # (B, W, 2)
+            "gt_windows": self.gt_windows[idx],  # (B, W, 2) float64
             "window_mask": torch.arange(self.windows.shape[1], device=idx.device)[None, :] < counts[:, None],
             "saliency": self.saliency[idx, :t],  # (B, T)
             "saliency_mask": self.saliency_mask[idx, :t],

@@ -179,7 +179,7 @@ class GroundingModule(L.LightningModule):
                 batch["query_index"][labelled],
                 preds.windows[labelled],
                 preds.scores[labelled],
-                batch["windows"][labelled],
+                batch["gt_windows"][labelled],
                 batch["window_mask"][labelled],
             )
         return preds

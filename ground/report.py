@@ -123,7 +123,7 @@ def predict_split(module: GroundingModule, split: SplitTensors, batch_size: int)
                         vid=batch["vid"][i],
                         text=split.texts[q],
                         duration_sec=float(batch["duration"][i]),
-                        gt_windows=batch["windows"][i][batch["window_mask"][i]].double().cpu().numpy(),
+                        gt_windows=batch["gt_windows"][i][batch["window_mask"][i]].cpu().numpy(),
                         pred_windows=preds.windows[i][real].double().cpu().numpy(),
                         pred_scores=preds.scores[i][real].double().cpu().numpy(),
                         timestamps=batch["timestamps"][i, :n].double().cpu().numpy(),

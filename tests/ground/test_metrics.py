@@ -707,3 +707,48 @@ def test_metric_drops_filler_slots() -> None:
         MomentRetrievalMetric().update(
             torch.tensor([0]), torch.zeros(1, 1, 2), torch.tensor([[float("-inf")]]), gt, mask
         )
+
+
+def test_metrics_score_the_stored_windows_not_their_float32_copy() -> None:
+    """`ground test` scores the windows as stored, as `ground eval` reads them from the annotation file.
+
+    Found on the journey test's demo checkpoint: ground truth (0.3, 3.3) s held in float32 is
+    (0.30000001, 3.29999995), so a predicted (0, 6) s window's IoU of exactly 0.5 became
+    0.49999999 and `ground test` reported a lower mAP than `ground eval` on the same predictions.
+    """
+    from cache_schema.store import SplitArrays
+    from ground.data import SplitTensors
+
+    gt = np.array([[[0.3, 3.3], [19.1, 22.7]]])  # (Q=1, W=2, 2), the demo's values
+    arrays = SplitArrays(
+        qids=["q"],
+        vids=["v"],
+        texts=["a query"],
+        video_index=np.array([0]),
+        video=np.zeros((1, 13, 4), np.float16),
+        video_lengths=np.array([13]),
+        timestamps_sec=np.stack([np.arange(13) * 2.0, np.arange(13) * 2.0 + 2.0], axis=1)[None],
+        duration_sec=np.array([26.0]),
+        tokens=np.zeros((1, 3, 4), np.float16),
+        token_lengths=np.array([3]),
+        pooled=np.zeros((1, 4), np.float16),
+        windows=gt,
+        window_counts=np.array([2]),
+        saliency=None,
+        saliency_clip_sec=np.array([np.nan]),
+    )
+    batch = SplitTensors.from_arrays(arrays, split="test").gather(torch.tensor([0]))
+    assert batch["gt_windows"].dtype == torch.float64
+    np.testing.assert_array_equal(batch["gt_windows"].numpy(), gt)
+
+    pred = torch.tensor([[[0.0, 6.0]]])  # (B, K, 2) as a network decodes it, float32
+    metric = MomentRetrievalMetric()
+    metric.update(
+        batch["query_index"], pred, torch.tensor([[1.0]]), batch["gt_windows"], batch["window_mask"]
+    )
+    tested = {k: float(v) for k, v in metric.compute().items()}
+    official = qvhighlights_moment_metrics([pred[0].double().numpy()], [np.array([1.0])], [gt[0]])["full"]
+    assert tested["MR-full-R1@0.5"] == official["MR-R1"]["0.5"] == 100.0
+    # One of two ground-truth windows found at IoU 0.5: AP@0.5 is 50, as the official code says.
+    assert tested["MR-full-mAP@0.5"] == official["MR-mAP"]["0.5"] == 50.0
+    assert tested["MR-full-mAP"] == pytest.approx(official["MR-mAP"]["average"], abs=0.005)
