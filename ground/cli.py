@@ -81,6 +81,8 @@ class GroundCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:  # every DDP process gets here; one line for the user
+            return
         callback = self.trainer.checkpoint_callback  # the first one: best by MONITOR
         print(f"best checkpoint: {callback.best_model_path if callback else '(none)'}")
 

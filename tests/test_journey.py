@@ -5,9 +5,14 @@ In one temporary folder: synthetic extract -> `cache_schema validate` / `inspect
 --submission` -> `ground ground-video` (a raw mp4 and a cached id) -> `ground export` (onnx,
 torchscript) -> `ground report` -> `ground serve` (POST /ground, GET /videos) ->
 `calibrate-presence`. Every consumer runs on the checkpoint of `ground fit` and on the one of
-`ground demo`, so both checkpoint writers feed every reader. Settings are tiny (10 videos,
-2 epochs, a 32-wide `span`); the unit tests of each command live beside their modules, this file
-tests the seams between them.
+`ground demo`, so both checkpoint writers feed every reader. A `ground fit` on two processes
+(DDP, gloo) writes a checkpoint that `ground validate` on one process scores as the two did.
+Settings are tiny (10 videos, 2 epochs, a 32-wide `span`); the unit tests of each command live
+beside their modules, this file tests the seams between them.
+
+The commands that only need the cache or a checkpoint run two at a time in a thread pool (`plan`,
+submitted in dependency order, so a job waits only on one already running); each test then
+asserts on its command's result. Two at a time is what the 2-core CI machine runs in parallel.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +48,12 @@ TINY_SPAN = [
     "--model.hparams.conv_dilations",
     "[1, 2]",
 ]
+TWO_PROCESSES = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 COMMAND_LIMIT_SEC = 900  # a hang guard for one command, not a speed check
 WRITERS = ("fit", "demo")
+PARALLEL_COMMANDS = 2
+EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -107,9 +117,11 @@ def _split(annotations: list[dict], split: str) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def fit_ckpt(workdir: Path, cache: Path) -> Path:
-    """`make train MODEL=span DATASET=synthetic` with tiny overrides; the best checkpoint it names."""
+def _fit(workdir: Path, *extra: str) -> Path:
+    """`make train MODEL=span DATASET=synthetic` with tiny overrides; the best checkpoint it names.
+
+    It is printed once, however many processes train (`extra`: more arguments, the later win).
+    """
     result = run(
         workdir,
         "ground",
@@ -124,6 +136,7 @@ def fit_ckpt(workdir: Path, cache: Path) -> Path:
         "--trainer.max_epochs",
         "2",
         *QUIET,
+        *extra,
     )
     [best] = re.findall(r"^best checkpoint: (.+\.ckpt)$", result.stdout, flags=re.M)
     path = workdir / best
@@ -131,8 +144,7 @@ def fit_ckpt(workdir: Path, cache: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def demo_ckpt(workdir: Path, cache: Path) -> Path:
+def _demo(workdir: Path, cache: Path) -> Path:
     """`make demo` on the journey's dataset (already extracted, so it only trains and tests)."""
     run(
         workdir,
@@ -150,18 +162,69 @@ def demo_ckpt(workdir: Path, cache: Path) -> Path:
     return path
 
 
+def _out_dir(workdir: Path, ckpt: Path) -> Path:
+    """A folder for one checkpoint's outputs."""
+    folder = workdir / "out" / ckpt.parent.parent.name / ckpt.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plan(workdir: Path, cache: Path) -> Iterator[dict[tuple[str, str], Future]]:
+    """Every command that needs only the cache or a checkpoint, submitted at once; (writer, step) -> future.
+
+    Jobs are submitted in dependency order and taken first in, first out, so a job that waits on
+    another's checkpoint waits on one already running: the pool cannot deadlock.
+    """
+    jobs: dict[tuple[str, str], Future] = {}
+    with ThreadPoolExecutor(max_workers=PARALLEL_COMMANDS, thread_name_prefix="journey") as pool:
+
+        def submit(writer: str, step: str, job: Callable[[Path], object]) -> None:
+            ckpt = jobs[(writer, "ckpt")]
+            jobs[(writer, step)] = pool.submit(lambda: job(ckpt.result()))
+
+        jobs[("fit", "ckpt")] = pool.submit(_fit, workdir)
+        jobs[("demo", "ckpt")] = pool.submit(_demo, workdir, cache)
+        jobs[("ddp", "fit")] = pool.submit(_fit_two_processes, workdir)
+        for writer in WRITERS:
+            submit(writer, "test", lambda ckpt: _test_metrics(ckpt, workdir))
+            submit(writer, "predict", lambda ckpt: _predict(ckpt, workdir))
+            for fmt in EXPORT_FORMATS:
+                submit(writer, f"export-{fmt}", lambda ckpt, fmt=fmt: _export(ckpt, workdir, fmt))
+            submit(writer, "report", lambda ckpt: _report(ckpt, workdir, cache))
+            submit(writer, "ground-video", lambda ckpt: _ground_video(ckpt, workdir, cache))
+        try:
+            yield jobs
+        finally:
+            # A failed test must not wait for the queue: drop what has not started.
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def fit_ckpt(plan: dict[tuple[str, str], Future]) -> Path:
+    return plan[("fit", "ckpt")].result()
+
+
+@pytest.fixture(scope="module")
+def demo_ckpt(plan: dict[tuple[str, str], Future]) -> Path:
+    return plan[("demo", "ckpt")].result()
+
+
 @pytest.fixture(scope="module", params=WRITERS)
-def ckpt(request: pytest.FixtureRequest) -> Path:
-    """The checkpoint of each writer in turn; every consumer below runs on both."""
-    return request.getfixturevalue(f"{request.param}_ckpt")
+def writer(request: pytest.FixtureRequest) -> str:
+    """Each checkpoint writer in turn; every consumer below runs on the checkpoint of both."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def ckpt(writer: str, plan: dict[tuple[str, str], Future]) -> Path:
+    return plan[(writer, "ckpt")].result()
 
 
 @pytest.fixture(scope="module")
 def out(ckpt: Path, workdir: Path) -> Path:
     """A folder for this checkpoint's outputs."""
-    folder = workdir / "out" / ckpt.parent.parent.name / ckpt.stem
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return _out_dir(workdir, ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -205,10 +268,9 @@ def test_fit_checkpoint_holds_the_overrides(fit_ckpt: Path) -> None:
     assert hparams["hparams"]["hidden_dim"] == 32 and hparams["hparams"]["conv_dilations"] == [1, 2]
 
 
-@pytest.fixture(scope="module")
-def tested_metrics(ckpt: Path, out: Path, workdir: Path) -> dict[str, float]:
+def _test_metrics(ckpt: Path, workdir: Path) -> dict[str, float]:
     """`ground test --ckpt_path`: the metrics its CSV logger wrote."""
-    run_dir = out / "test_runs"
+    run_dir = _out_dir(workdir, ckpt) / "test_runs"
     run(
         workdir,
         "ground",
@@ -228,16 +290,20 @@ def tested_metrics(ckpt: Path, out: Path, workdir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k.startswith("test/") and v != ""}
 
 
+@pytest.fixture(scope="module")
+def tested_metrics(writer: str, plan: dict[tuple[str, str], Future]) -> dict[str, float]:
+    return plan[(writer, "test")].result()
+
+
 def test_test_logs_official_metrics(tested_metrics: dict[str, float], annotations: list[dict]) -> None:
     assert tested_metrics["test/MR-full-num_queries"] == len(_split(annotations, "test"))
     for key in ("R1@0.5", "R1@0.7", "R5@0.5", "mIoU", "mAP"):
         _in_range(key, tested_metrics[f"test/MR-full-{key}"])
 
 
-@pytest.fixture(scope="module")
-def predictions(ckpt: Path, out: Path, workdir: Path) -> Path:
+def _predict(ckpt: Path, workdir: Path) -> Path:
     """`ground predict --out`: the test split's submission file."""
-    preds = out / "preds.jsonl"
+    preds = _out_dir(workdir, ckpt) / "preds.jsonl"
     run(
         workdir,
         "ground",
@@ -253,6 +319,11 @@ def predictions(ckpt: Path, out: Path, workdir: Path) -> Path:
         *QUIET,
     )
     return preds
+
+
+@pytest.fixture(scope="module")
+def predictions(writer: str, plan: dict[tuple[str, str], Future]) -> Path:
+    return plan[(writer, "predict")].result()
 
 
 @pytest.fixture(scope="module")
@@ -294,23 +365,25 @@ def test_eval_scores_the_submission(eval_brief: dict[str, float], tested_metrics
         assert eval_brief[key] == pytest.approx(tested_metrics[f"test/{key}"], abs=0.01), key
 
 
-def test_eval_map_equals_test_map(
-    eval_brief: dict[str, float], tested_metrics: dict[str, float], request: pytest.FixtureRequest
-) -> None:
-    if "demo" in request.node.name:
-        # Open finding: on the demo-path checkpoint (mAP ~1.5 after 2 epochs) `ground test` and
-        # `ground eval` still differ by ~0.2 mAP while R1 agrees; on the fit checkpoint they agree.
-        request.applymarker(pytest.mark.xfail(reason="test/eval mAP seam, demo checkpoint", strict=False))
+def test_eval_map_equals_test_map(eval_brief: dict[str, float], tested_metrics: dict[str, float]) -> None:
+    # Both score float64 ground truth: in float32, an edge like 3.3 s moved an IoU of exactly 0.5
+    # below the threshold and `ground test` reported less mAP than `ground eval` (demo checkpoint).
     assert eval_brief["MR-full-mAP"] == pytest.approx(tested_metrics["test/MR-full-mAP"], abs=0.01)
 
 
-def test_ground_video_on_a_file_and_a_cached_id(
-    ckpt: Path, workdir: Path, cache: Path, annotations: list[dict]
-) -> None:
-    row = _split(annotations, "test")[0]
-    video = cache.parent / row["video"]
+def _first_test_row(cache: Path) -> dict:
+    rows = (
+        json.loads(line)
+        for line in (cache.parent / "annotations.jsonl").read_text(encoding="utf-8").splitlines()
+    )
+    return next(row for row in rows if row["split"] == "test")
+
+
+def _ground_video(ckpt: Path, workdir: Path, cache: Path) -> dict[str, dict]:
+    """`ground ground-video --json` on the first test query, on its mp4 and on its cached id."""
+    row = _first_test_row(cache)
     answers = {}
-    for source, extra in ((str(video), []), (row["vid"], ["--cache", str(cache)])):
+    for source, extra in ((str(cache.parent / row["video"]), []), (row["vid"], ["--cache", str(cache)])):
         result = run(
             workdir,
             "ground",
@@ -324,14 +397,22 @@ def test_ground_video_on_a_file_and_a_cached_id(
             "--json",
             *extra,
         )
-        [answer] = json.loads(result.stdout)
+        [answers[source]] = json.loads(result.stdout)
+    return answers
+
+
+def test_ground_video_on_a_file_and_a_cached_id(
+    writer: str, plan: dict[tuple[str, str], Future], cache: Path
+) -> None:
+    row = _first_test_row(cache)
+    answers = plan[(writer, "ground-video")].result()
+    for source, answer in answers.items():
         assert answer["query"] == row["query"]
         assert answer["duration_sec"] == pytest.approx(row["duration"], abs=0.05)
         _assert_windows_inside(
             [(w["start_sec"], w["end_sec"]) for w in answer["windows"]], answer["duration_sec"], source
         )
         _in_range("presence", answer["presence"], high=1.0)
-        answers[source] = answer
     # The cache holds the file's features: the same presence up to fp16 storage.
     file_answer, cached_answer = answers.values()
     assert cached_answer["presence"] == pytest.approx(file_answer["presence"], abs=2e-2)
@@ -345,13 +426,22 @@ def _first_test_batch(cache: Path) -> dict:
     return next(iter(data.test_dataloader()))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_pytorch_on_a_cache_batch(ckpt: Path, workdir: Path, cache: Path, fmt: str) -> None:
-    from ground.export import INPUT_NAMES, default_output, sidecar_path
-    from ground.module import load_checkpoint
+def _export(ckpt: Path, workdir: Path, fmt: str) -> Path:
+    """`ground export --format FMT`: the exported file, written beside the checkpoint."""
+    from ground.export import default_output
 
     run(workdir, "ground", "export", "--ckpt", str(ckpt), "--format", fmt)
-    exported = default_output(ckpt, fmt)
+    return default_output(ckpt, fmt)
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+def test_export_matches_pytorch_on_a_cache_batch(
+    ckpt: Path, writer: str, plan: dict[tuple[str, str], Future], cache: Path, fmt: str
+) -> None:
+    from ground.export import INPUT_NAMES, sidecar_path
+    from ground.module import load_checkpoint
+
+    exported = plan[(writer, f"export-{fmt}")].result()
     record = json.loads(sidecar_path(exported).read_text())
     names = [o["name"] for o in record["outputs"]]
     inputs = [i["name"] for i in record["inputs"]]
@@ -377,8 +467,9 @@ def test_export_matches_pytorch_on_a_cache_batch(ckpt: Path, workdir: Path, cach
         np.testing.assert_allclose(value[finite], ref[finite], atol=1e-4, rtol=1e-4, err_msg=name)
 
 
-def test_report(ckpt: Path, out: Path, workdir: Path, cache: Path, annotations: list[dict]) -> None:
-    report = out / "report"
+def _report(ckpt: Path, workdir: Path, cache: Path) -> Path:
+    """`ground report` on the val split: the report folder."""
+    report = _out_dir(workdir, ckpt) / "report"
     run(
         workdir,
         "ground",
@@ -392,6 +483,11 @@ def test_report(ckpt: Path, out: Path, workdir: Path, cache: Path, annotations: 
         "--out",
         str(report),
     )
+    return report
+
+
+def test_report(writer: str, plan: dict[tuple[str, str], Future], annotations: list[dict]) -> None:
+    report = plan[(writer, "report")].result()
     record = json.loads((report / "metrics.json").read_text())
     assert record["num_queries"] == len(_split(annotations, "val"))
     for key in ("MR-full-R1@0.5", "MR-full-mIoU"):
@@ -483,12 +579,64 @@ def test_serve(ckpt: Path, out: Path, workdir: Path, cache: Path, annotations: l
         log.close()
 
 
-def test_calibrate_presence(ckpt: Path, workdir: Path, cache: Path) -> None:
+def test_calibrate_presence(
+    ckpt: Path, writer: str, plan: dict[tuple[str, str], Future], workdir: Path, cache: Path
+) -> None:
     from ground.predict import Grounder, presence_path
 
+    # The calibration changes every later load of the checkpoint: the other commands go first.
+    for (job_writer, _), job in plan.items():
+        if job_writer == writer:
+            job.exception()  # waits; a failed job is reported by its own test
     run(workdir, "ground", "calibrate-presence", "--ckpt", str(ckpt), "--cache", str(cache))
     record = json.loads(presence_path(ckpt).read_text())
     _in_range("threshold", record["threshold"], high=1.0)
     _in_range("auroc", record["auroc"], high=1.0)
     # Every later load of the checkpoint uses it.
     assert Grounder.from_checkpoint(ckpt).presence_threshold == pytest.approx(record["threshold"])
+
+
+# -- two training processes ------------------------------------------------------------------------
+
+
+def _logged(run_dir: Path, prefix: str) -> dict[str, float]:
+    """The last logged value of each `prefix/...` metric in the run's CSV log."""
+    [path] = run_dir.rglob("metrics.csv")
+    values: dict[str, float] = {}
+    for row in csv.DictReader(path.open()):
+        values.update({k: float(v) for k, v in row.items() if k.startswith(f"{prefix}/") and v != ""})
+    return values
+
+
+def _fit_two_processes(workdir: Path) -> tuple[Path, dict[str, float]]:
+    """`ground fit` on 2 CPU processes (DDP, gloo), one epoch: its best checkpoint and last val metrics."""
+    run_dir = workdir / "runs" / "ddp"
+    best = _fit(workdir, "--trainer.max_epochs", "1", *TWO_PROCESSES, "--run_dir", str(run_dir))
+    return best, _logged(run_dir, "val")
+
+
+def test_a_two_process_fit_validates_like_one_process(
+    plan: dict[tuple[str, str], Future], workdir: Path, annotations: list[dict]
+) -> None:
+    best, during_fit = plan[("ddp", "fit")].result()
+    assert during_fit["val/MR-full-num_queries"] == len(_split(annotations, "val"))
+    # Its checkpoint, validated by one process, gives the numbers the two processes logged.
+    run_dir = workdir / "runs" / "ddp-validate"
+    run(
+        workdir,
+        "ground",
+        "validate",
+        "--data",
+        str(DATA_CONFIG),
+        "--model",
+        str(MODEL_CONFIG),
+        "--ckpt_path",
+        str(best),
+        "--run_dir",
+        str(run_dir),
+        *QUIET,
+    )
+    alone = _logged(run_dir, "val")
+    assert alone.keys() == during_fit.keys()
+    for key, value in during_fit.items():
+        assert alone[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
