@@ -100,7 +100,7 @@ def test_meaning_is_inside_the_windows_with_the_saliency_strength(annotations: P
     from extract.datasets import load_dataset
 
     rows = load_dataset("qvhighlights", annotations).by_split()["train"]
-    params = GeneratorParams(noise=0.0, background=0.0, distractors=0, signal=2.0)
+    params = GeneratorParams(noise=0.0, background=0.0, distractors=0, signal=2.0, filler=0.0)
     space = WordSpace(params)
     clips, x = latent_clips([rows[0]], rows, 2.0, space, params)  # window [20, 40] s
     m = space.meaning(rows[0].query, "t")
@@ -118,7 +118,7 @@ def test_distractors_are_other_queries_with_their_own_positions(annotations: Pat
     from extract.datasets import load_dataset
 
     rows = load_dataset("qvhighlights", annotations).by_split()["train"]
-    params = GeneratorParams(noise=0.0, background=0.0, distractors=3)
+    params = GeneratorParams(noise=0.0, background=0.0, distractors=3, filler=0.0)
     space = WordSpace(params)
     _, x = latent_clips([rows[3]], rows, 2.0, space, params)  # own window [40, 44] s
     # Outside its own window the video carries only meanings of the other three queries.
@@ -131,6 +131,25 @@ def test_distractors_are_other_queries_with_their_own_positions(annotations: Pat
     # Inside its window the video carries its own meaning at its saliency strength (mean scores
     # 2 and 8/3 there: 0.4 + 0.6 * mean / 4), give or take the distractors' small cosines with it.
     assert x[20:22] @ space.meaning(rows[3].query, "t") == pytest.approx([0.7, 0.8], abs=0.15)
+
+
+def test_fillers_give_every_clip_the_same_meaning_energy(annotations: Path) -> None:
+    """Inside or outside an event, a clip's meaning part has norm `signal`: the video alone shows nothing."""
+    from extract.datasets import load_dataset
+
+    rows = load_dataset("qvhighlights", annotations).by_split()["train"]
+    params = GeneratorParams(noise=0.0, background=0.0, distractors=2, signal=2.0)
+    space = WordSpace(params)
+    clips, x = latent_clips([rows[0]], rows, 2.0, space, params)  # window [20, 40] s
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 2.0, rtol=1e-5)
+    # The fillers are orthogonal to the events: the own meaning still shows at its strength
+    # (give or take the distractors' small cosines with it), and only there.
+    own = x @ space.meaning(rows[0].query, "t") / 2.0  # (T,)
+    strength = event_strength(rows[0], clips, 150.0)
+    np.testing.assert_allclose(own[10:20], strength[10:20], atol=0.15)
+    # Without fillers the same video is dimmer outside its events than inside.
+    _, bare = latent_clips([rows[0]], rows, 2.0, space, dataclasses.replace(params, filler=0.0))
+    assert np.linalg.norm(bare[10:20], axis=1).min() > np.linalg.norm(bare, axis=1).min() + 0.5
 
 
 def test_words_have_fixed_vectors_and_stop_words_leave_the_meaning() -> None:
