@@ -18,13 +18,16 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
 
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import EncoderSpec
+
+if TYPE_CHECKING:
+    from extract.encoders.blocks import VisualSplit
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,19 @@ class Encoder:
 
     def _encode_text_batch(self, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} has no text tower")
+
+    # -- block inputs --------------------------------------------------------------------------
+
+    def visual_split(self) -> VisualSplit:
+        """The video tower as stem, transformer blocks and head (`extract.encoders.blocks`).
+
+        Raises:
+            EncoderError: the family has no transformer blocks to cut (C3D, Hugging Face towers).
+        """
+        raise EncoderError(
+            f"encoder {self.name!r} ({type(self).__name__}) cannot store block inputs: only open_clip "
+            "ViT and timm-trunk towers can be cut before their last blocks"
+        )
 
 
 def check_frames(spec: EncoderSpec, frames: np.ndarray) -> None:
