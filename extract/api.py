@@ -29,6 +29,7 @@ import torch
 from cache_schema.spec import EncoderSpec
 from cache_schema.store import CacheReader
 from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder
+from extract.encoders.blocks import encode_with_block_inputs
 from extract.video import (
     Backend,
     SampledVideo,
@@ -137,6 +138,34 @@ def encode_frames(encoder: Encoder, frames: np.ndarray) -> np.ndarray:
     if pad:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     return encoder.encode_video(frames)[:n].numpy()  # (N, D)
+
+
+def encode_frames_with_block_inputs(
+    encoder: Encoder, frames: np.ndarray, blocks: int, pool: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_frames` that also returns the hidden states entering the last ``blocks`` blocks.
+
+    Batched and padded exactly like `encode_frames`, and the features are the tower's own
+    forward pass op for op, so they equal `encode_frames`' (`extract.encoders.blocks`).
+
+    Args:
+        encoder: A video encoder whose tower can be cut (open_clip ViT or timm ViT trunk).
+        frames: (N, H, W, 3) uint8.
+        blocks: K, 1 <= K <= the encoder's depth.
+        pool: Patch-grid pooling factor P of the block inputs (1: none).
+
+    Returns:
+        features (N, D) float32 and block inputs (N, L, W) float32.
+
+    Raises:
+        EncoderError: K is out of range or the tower cannot be cut; names the encoder.
+    """
+    n = frames.shape[0]
+    pad = _pad_rows(n, encoder.batch_size)
+    if pad:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    features, hidden = encode_with_block_inputs(encoder, frames, blocks, pool)
+    return features[:n].numpy(), hidden[:n].numpy()  # (N, D), (N, L, W)
 
 
 def encode_texts(encoder: Encoder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:

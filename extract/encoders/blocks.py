@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cache_schema.spec import BlockInputsSpec
 from extract.encoders.registry import EncoderError
 
 
@@ -217,3 +218,26 @@ def encode_with_block_inputs(
             features.append(split.tail(x, start).float().cpu())  # (B, D)
             hidden.append(pool_patch_tokens(x, split.prefix_tokens, split.grid, pool).float().cpu())
     return torch.cat(features), torch.cat(hidden)
+
+
+def block_inputs_spec(encoder: object, blocks: int, pool: int) -> BlockInputsSpec:
+    """The `BlockInputsSpec` an encoder's block inputs for K = ``blocks`` and P = ``pool`` get.
+
+    Raises:
+        EncoderError: K is not in 1..depth (naming both), or the tower cannot be cut.
+    """
+    split = encoder.visual_split()
+    check_blocks(encoder.name, blocks, split.depth)
+    if pool < 1:
+        raise EncoderError(f"encoder {encoder.name!r}: block_pool must be >= 1, got {pool}")
+    return BlockInputsSpec(
+        encoder=encoder.video_spec.name,
+        blocks=blocks,
+        depth=split.depth,
+        tokens=pooled_tokens(split.prefix_tokens, split.grid, pool),
+        width=split.width,
+        prefix_tokens=split.prefix_tokens,
+        grid=split.grid,
+        pool=pool,
+        dtype=encoder.video_spec.dtype if encoder.video_spec.dtype != "bfloat16" else "float32",
+    )
