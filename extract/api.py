@@ -19,17 +19,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cache_schema.spec import EncoderSpec
+from cache_schema.spec import BlockInputsSpec, EncoderSpec
 from cache_schema.store import CacheReader
-from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder
-from extract.encoders.blocks import encode_with_block_inputs
+from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder, encoder_specs
+from extract.encoders.blocks import VisualSplit, check_blocks, encode_with_block_inputs
 from extract.video import (
     Backend,
     SampledVideo,
@@ -262,6 +262,53 @@ def check_rebuilt_spec(recorded: EncoderSpec, rebuilt: EncoderSpec | None, *, we
             recorded.library,
             rebuilt.library,
         )
+
+
+def build_visual_tail(
+    spec: EncoderSpec, blocks: BlockInputsSpec, *, weights: str | None = None
+) -> VisualSplit:
+    """The last K blocks and the head of a cache's video encoder, rebuilt from its weights.
+
+    The embedding and the early blocks are dropped, so the module holds (and its ``state_dict``
+    lists) only what turns the cache's block inputs into embeddings: ``tail(x, 0)`` maps
+    (N, L, W) block inputs to (N, D) features.
+
+    Args:
+        spec: The encoder's spec as the cache recorded it.
+        blocks: The cache's block-input spec of that encoder.
+        weights: None rebuilds the recorded ``weights_id``; anything else must give the same id.
+
+    Raises:
+        EncoderError: the weights differ from the cache's ``weights_id`` (naming both), the rebuilt
+            encoder differs from the recorded one, or its depth is not the recorded depth.
+    """
+    recorded_weights = weights_from_id(spec.weights_id)
+    if weights is not None:
+        rebuilt, _ = encoder_specs(spec.name, weights=weights, fps=1.0 / spec.stride_sec)
+        if rebuilt is None or rebuilt.weights_id != spec.weights_id:
+            raise EncoderError(
+                f"encoder {spec.name!r}: adapter weights {None if rebuilt is None else rebuilt.weights_id!r} "
+                f"differ from the cache's weights_id {spec.weights_id!r}; the block inputs were made with "
+                "the cache's, so the adapter must load the same"
+            )
+        recorded_weights = weights
+    if spec.weights_id == RANDOM_INIT:
+        log.warning(
+            "encoder %s: the cache was made with random-init weights ('none'); the adapter adapts a "
+            "random tower (fine for tests and demos, meaningless for real accuracy)",
+            spec.name,
+        )
+    encoder = build_encoder(spec.name, weights=recorded_weights, fps=1.0 / spec.stride_sec)
+    check_rebuilt_spec(spec, encoder.video_spec, weights_given=False)
+    split = encoder.visual_split()
+    if split.depth != blocks.depth or split.width != blocks.width:
+        raise EncoderError(
+            f"encoder {spec.name!r}: rebuilt with depth {split.depth} and width {split.width}, the cache's "
+            f"block inputs say depth {blocks.depth} and width {blocks.width}"
+        )
+    start = check_blocks(spec.name, blocks.blocks, split.depth)
+    split.drop_stem(start)
+    return split.requires_grad_(False)
 
 
 @dataclass(frozen=True)
@@ -518,6 +565,20 @@ class FeatureExtractor:
             name: encode_frames(enc, batch).astype(enc.video_spec.numpy_dtype)
             for name, enc in self.video_encoders.items()
         }
+
+    def adapt_video_encoder(
+        self, name: str, tail: Callable[[torch.Tensor], torch.Tensor], blocks: BlockInputsSpec
+    ) -> None:
+        """Encode videos with ``name``'s last K blocks replaced by ``tail`` (see `Encoder.adapt_tail`).
+
+        Raises:
+            EncoderError: no such video encoder, or its tower cannot be cut as ``blocks`` says.
+        """
+        if name not in self.video_encoders:
+            raise EncoderError(
+                f"no video encoder {name!r} to adapt; this extractor has {sorted(self.video_encoders)}"
+            )
+        self.video_encoders[name].adapt_tail(tail, blocks.blocks, blocks.pool)
 
     def encode_texts(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Encode sentences with the text encoder.

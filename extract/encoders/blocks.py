@@ -35,16 +35,20 @@ class VisualSplit(nn.Module):
     """A visual tower seen as ``stem -> blocks -> head``.
 
     Attributes:
-        blocks: The tower's transformer blocks, in order (shared with the tower, not copies).
         prefix_tokens: Class and register tokens before the patch grid.
         grid: Side of the square patch grid.
         width: Token width W.
     """
 
-    blocks: nn.ModuleList
     prefix_tokens: int
     grid: int
     width: int
+
+    @property
+    def blocks(self) -> nn.Sequential | nn.ModuleList:
+        """The tower's transformer blocks, in order (the tower's own container, so each
+        parameter appears once in ``state_dict``)."""
+        raise NotImplementedError
 
     @property
     def depth(self) -> int:
@@ -79,6 +83,20 @@ class VisualSplit(nn.Module):
     def forward(self, pixels: Tensor) -> Tensor:
         return self.tail(self.stem(pixels, 0), 0)
 
+    def drop_stem(self, start: int) -> None:
+        """Keep only blocks ``start``.. and the head, freeing the embedding and the early blocks.
+
+        Afterwards the split only runs ``tail(x, 0)`` and its ``state_dict`` holds only the tail.
+        """
+        self._keep_blocks(start)
+        self._drop_embedding()
+
+    def _keep_blocks(self, start: int) -> None:
+        raise NotImplementedError
+
+    def _drop_embedding(self) -> None:
+        raise NotImplementedError
+
 
 class OpenClipViTSplit(VisualSplit):
     """open_clip's ``VisionTransformer`` (``model.visual`` of the CLIP configs)."""
@@ -86,7 +104,6 @@ class OpenClipViTSplit(VisualSplit):
     def __init__(self, visual: nn.Module) -> None:
         super().__init__()
         self.visual = visual
-        self.blocks = visual.transformer.resblocks
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.prefix_tokens = 1
         self.grid = int(visual.grid_size[0])
@@ -94,6 +111,19 @@ class OpenClipViTSplit(VisualSplit):
 
     def embed(self, pixels: Tensor) -> Tensor:
         return self.visual._embeds(pixels)  # (B, 1 + grid^2, W)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks
+
+    def _keep_blocks(self, start: int) -> None:
+        self.visual.transformer.resblocks = nn.ModuleList(list(self.visual.transformer.resblocks)[start:])
+
+    def _drop_embedding(self) -> None:
+        visual = self.visual
+        visual.conv1 = nn.Identity()
+        visual.ln_pre = nn.Identity()
+        del visual.class_embedding, visual.positional_embedding
 
     def run_block(self, block: nn.Module, x: Tensor) -> Tensor:
         if self.batch_first:
@@ -114,13 +144,28 @@ class TimmViTSplit(VisualSplit):
         super().__init__()
         self.visual = visual
         trunk = visual.trunk
-        self.blocks = trunk.blocks
         self.prefix_tokens = int(trunk.num_prefix_tokens)
         grid = trunk.patch_embed.grid_size
         if grid[0] != grid[1]:
             raise EncoderError(f"timm trunk {type(trunk).__name__}: non-square patch grid {grid}")
         self.grid = int(grid[0])
         self.width = int(trunk.embed_dim)
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.visual.trunk.blocks
+
+    def _keep_blocks(self, start: int) -> None:
+        self.visual.trunk.blocks = nn.Sequential(*list(self.visual.trunk.blocks)[start:])
+
+    def _drop_embedding(self) -> None:
+        trunk = self.visual.trunk
+        trunk.patch_embed = nn.Identity()
+        trunk.norm_pre = nn.Identity()
+        for name in ("cls_token", "reg_token", "pos_embed"):
+            if getattr(trunk, name, None) is not None:
+                delattr(trunk, name)
+                setattr(trunk, name, None)
 
     def embed(self, pixels: Tensor) -> Tensor:
         trunk = self.visual.trunk

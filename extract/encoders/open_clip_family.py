@@ -17,7 +17,8 @@ Weights: ``weights=None`` loads the registered open_clip pretrained tag (downloa
 a file path loads that checkpoint (``open_clip_pytorch_model.bin`` of the same architecture);
 ``"none"`` initialises randomly with a fixed seed, offline. ``tiny_clip`` is a 2-layer config
 bundled as ``groundcache-tiny-clip.json`` for tests and the demo; it has no pretrained weights.
-``tiny_siglip`` (``groundcache-tiny-siglip.json``) is the SigLIP layout in small: a timm ViT trunk
+``tiny_siglip`` (``groundcache-tiny-timm-vit.json``; no "siglip" in the open_clip name, which would
+select the hub-only SigLIP tokenizer) is the SigLIP layout in small: a timm ViT trunk
 (timm's 9-block ``test_vit3``, one register token, MAP attention pooling) with a CLIP-BPE text
 tower, so tests of timm-trunk towers run offline.
 """
@@ -52,7 +53,7 @@ from extract.encoders.registry import (
 
 BUNDLED_CONFIGS = (
     Path(__file__).parent / "groundcache-tiny-clip.json",
-    Path(__file__).parent / "groundcache-tiny-siglip.json",
+    Path(__file__).parent / "groundcache-tiny-timm-vit.json",
 )
 """open_clip model configs shipped with groundcache (open_clip's JSON format; the stem is the name)."""
 CLIP_BPE_TOKENIZER = "open_clip SimpleTokenizer (CLIP BPE)"
@@ -279,4 +280,4 @@ def tiny_clip() -> OpenClipConfig:
 @register_encoder("tiny_siglip")
 def tiny_siglip() -> OpenClipConfig:
     """SigLIP-shaped timm-trunk tower in small (9 blocks, 96 wide, 160 px), random init with a fixed seed."""
-    return OpenClipConfig(model_name="groundcache-tiny-siglip", pretrained_tag=None)
+    return OpenClipConfig(model_name="groundcache-tiny-timm-vit", pretrained_tag=None)
