@@ -29,7 +29,7 @@ import torch
 from cache_schema.spec import BlockInputsSpec, EncoderSpec
 from cache_schema.store import CacheReader
 from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder, encoder_specs
-from extract.encoders.blocks import VisualSplit, check_blocks, encode_with_block_inputs
+from extract.encoders.blocks import VisualSplit, block_inputs_spec, check_blocks, encode_with_block_inputs
 from extract.video import (
     Backend,
     SampledVideo,
@@ -309,6 +309,21 @@ def build_visual_tail(
     start = check_blocks(spec.name, blocks.blocks, split.depth)
     split.drop_stem(start)
     return split.requires_grad_(False)
+
+
+def describe_block_inputs(
+    name: str, blocks: int, pool: int = 1, *, weights: str | None = RANDOM_INIT, fps: float = 1.0
+) -> tuple[EncoderSpec, BlockInputsSpec]:
+    """The video spec and block-input spec an extraction with ``block_inputs: blocks`` would record.
+
+    Builds the encoder (random init by default: offline), for benchmarks and tests that need the
+    specs of an encoder without extracting a cache.
+
+    Raises:
+        EncoderError: K is out of range (naming K and the depth), or the tower cannot be cut.
+    """
+    encoder = build_encoder(name, weights=weights, fps=fps)
+    return encoder.video_spec, block_inputs_spec(encoder, blocks, pool)
 
 
 @dataclass(frozen=True)
