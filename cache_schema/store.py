@@ -686,7 +686,8 @@ class CacheWriter:
         self._ends[index] = 0
         self._commit()
         s.set_attr("schema_version", SCHEMA_VERSION)
-        s.set_attr("min_reader_version", INDEXED_SINCE)
+        if _version_tuple(s.get_attr("min_reader_version") or "0.0.0") < _version_tuple(INDEXED_SINCE):
+            s.set_attr("min_reader_version", INDEXED_SINCE)  # never lowered (block inputs need 1.3.0)
         table[spec.modality][spec.name] = spec.to_dict()
         s.set_attr("encoders", table)
         s.flush()
