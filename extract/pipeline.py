@@ -517,10 +517,11 @@ def block_inputs_of(config: ExtractConfig, encoders: Encoders) -> dict[str, Bloc
         EncoderError: K exceeds an encoder's depth (naming both), or its tower cannot be cut.
     """
     specs = {}
-    for choice, spec in zip(config.video_encoders, encoder_table(config), strict=False):
+    # `build_encoders` fills `encoders.video` in the order of `config.video_encoders`.
+    for choice, encoder in zip(config.video_encoders, encoders.video.values(), strict=True):
         if choice.block_inputs:
-            encoder = encoders.video[spec.name]
-            specs[spec.name] = block_inputs_spec(encoder, choice.block_inputs, choice.block_pool)
+            spec = block_inputs_spec(encoder, choice.block_inputs, choice.block_pool)
+            specs[encoder.video_spec.name] = spec
     return specs
 
 

@@ -102,6 +102,8 @@ class VisualAdapter(nn.Module):
         self.tail = inject_adapter_in_model(config, tail)
         for name, param in self.tail.named_parameters():
             param.requires_grad_("lora_" in name)
+        # The encoder was built in eval mode; the adapter follows its module's mode from here on.
+        self.tail.train()
 
     @property
     def dim(self) -> int:
