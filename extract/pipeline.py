@@ -668,9 +668,9 @@ class _Pending:
     features: dict[str, np.ndarray]
     """Encoder name -> (T, D) float32, filled batch by batch."""
     remaining: dict[str, int]
-    block_inputs: dict[str, np.ndarray]
+    block_inputs: dict[str, np.ndarray] = field(default_factory=dict)
     """Encoder name -> (T, L, W) hidden states entering its last K blocks, for the encoders whose
-    block inputs the run stores; filled with the features."""
+    block inputs the run stores; filled with the features (empty when growing a cache)."""
 
     @property
     def n_features(self) -> int:
