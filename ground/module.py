@@ -154,6 +154,11 @@ class GroundingModule(L.LightningModule):
         hp = self.hparams
         if hp.adapter is None and hp.adapter_source is None:
             return None
+        if hp.adapter is None:
+            raise ValueError(
+                f"--data.block_inputs {hp.adapter_source['encoder']['name']} makes batches carry block "
+                f"inputs, which only an adapter uses: add --model.adapter lora, or drop --data.block_inputs"
+            )
         if hp.adapter not in ADAPTERS:
             raise ValueError(f"adapter {hp.adapter!r} is not one of {ADAPTERS} (or None)")
         if hp.adapter_source is None:

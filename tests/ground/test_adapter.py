@@ -164,3 +164,10 @@ def test_adapter_weights_other_than_the_cache_s_are_refused_naming_both(
     with caplog.at_level(logging.WARNING):
         VisualAdapter(spec, block_spec, 0, weights="none")
     assert "random-init weights" in caplog.text
+
+
+def test_block_inputs_without_an_adapter_name_the_missing_flag(tmp_path: Path) -> None:
+    cache = write_block_cache(tmp_path / "cache.h5", "tiny_clip", 1)
+    data = GroundingDataModule(str(cache), block_inputs="tiny_clip")
+    with pytest.raises(ValueError, match=r"--data.block_inputs tiny_clip .* add --model.adapter lora"):
+        GroundingModule("span", video_dim=32, text_dim=32, adapter_source=data.adapter_source)
