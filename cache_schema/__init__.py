@@ -3,6 +3,7 @@
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import (
     SCHEMA_VERSION,
+    BlockInputsSpec,
     CacheReadError,
     EncoderSpec,
     Orientation,
@@ -16,6 +17,7 @@ from cache_schema.validate import inspect, validate
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BlockInputsSpec",
     "CacheReadError",
     "CacheReader",
     "CacheWriter",

@@ -137,6 +137,13 @@ def _print_info(info: dict) -> None:
                 str(spec["normalized"]),
             )
     console.print(table)
+    for name, blocks in info.get("block_inputs", {}).items():
+        console.print(
+            escape(
+                f"block inputs of {name}: K={blocks['blocks']} of {blocks['depth']} blocks, "
+                f"{blocks['tokens']} x {blocks['width']} {blocks['dtype']} per feature, pool {blocks['pool']}"
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -161,12 +161,15 @@ def merge_caches(output: str | os.PathLike, inputs: Sequence[str | os.PathLike])
     try:
         first = readers[0]
         for reader in readers[1:]:
-            if (reader.dataset, reader.video_encoders, reader.text_encoders) != (
+            if (reader.dataset, reader.video_encoders, reader.text_encoders, reader.block_inputs) != (
                 first.dataset,
                 first.video_encoders,
                 first.text_encoders,
+                first.block_inputs,
             ):
-                raise SchemaError(f"{reader.path}: dataset or encoders differ from {first.path}")
+                raise SchemaError(
+                    f"{reader.path}: dataset, encoders or block inputs differ from {first.path}"
+                )
         owner: dict[str, CacheReader] = {}
         qids_of: dict[str, list[str]] = {}
         for reader in readers:
@@ -187,9 +190,17 @@ def merge_caches(output: str | os.PathLike, inputs: Sequence[str | os.PathLike])
         specs = [*first.video_encoders.values(), *first.text_encoders.values()]
         written = [s for s in specs if (s.modality, s.name) not in partial]
         later = [s for s in specs if (s.modality, s.name) in partial]
+        partial_blocks = sorted(n for m, n in partial if m == "video" and n in first.block_inputs)
+        if partial_blocks:
+            raise SchemaError(
+                f"{output}: video encoders {partial_blocks} have block inputs but are not committed for "
+                "every video of the inputs; block inputs are stored only for encoders written with a cache"
+            )
         output = Path(output)
         if output.exists():
-            writer = CacheWriter(output, dataset=first.dataset, encoders=None, mode="resume")
+            writer = CacheWriter(
+                output, dataset=first.dataset, encoders=None, mode="resume", block_inputs=None
+            )
             have = {(m, n): s for m, t in writer.encoders.items() for n, s in t.items()}
             if have != {(s.modality, s.name): s for s in specs}:
                 writer.close()
@@ -198,7 +209,13 @@ def merge_caches(output: str | os.PathLike, inputs: Sequence[str | os.PathLike])
                     f"the inputs' {sorted(f'{s.modality}:{s.name}' for s in specs)}"
                 )
         else:
-            writer = CacheWriter(output, dataset=first.dataset, encoders=written, mode="resume")
+            writer = CacheWriter(
+                output,
+                dataset=first.dataset,
+                encoders=written,
+                mode="resume",
+                block_inputs=list(first.block_inputs.values()),
+            )
         with writer:
             for spec in later:
                 writer.add_encoder(spec)

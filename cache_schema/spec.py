@@ -15,7 +15,7 @@ import numpy as np
 
 from cache_schema.errors import GroundcacheError
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 """Semantic version of the on-disk layout. Readers accept any cache with the same major whose
 ``min_reader_version`` (when present) is not newer than this."""
 
@@ -36,6 +36,13 @@ class SchemaVersionError(SchemaError):
 
 class EncoderNotCommittedError(SchemaError, KeyError):
     """An encoder's features are asked for an item (video or query) where it is not committed."""
+
+
+class MissingBlockInputsError(SchemaError, KeyError):
+    """A cache has no block inputs of an encoder; names the cache, the encoder and the extract option."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class UncoveredItemsError(SchemaError):
@@ -107,6 +114,67 @@ class EncoderSpec:
         return np.dtype("float32" if self.dtype == "bfloat16" else self.dtype)
 
 
+@dataclass(frozen=True)
+class BlockInputsSpec:
+    """The optional block-input array of one video encoder (schema 1.3.0).
+
+    For every feature the cache then also holds the hidden states that enter the encoder's block
+    N-K, all tokens in the encoder's own layout (``prefix_tokens`` class/register tokens, then the
+    patch grid row by row), so a LoRA adapter can train the last K blocks from the cache.
+    Stored as ``video/<encoder>/block_inputs`` (sum T, tokens, width), row i belonging to feature
+    row i of ``video/<encoder>/features``.
+    """
+
+    encoder: str
+    """Name of the video encoder (a key of the cache's video encoder table)."""
+    blocks: int
+    """K: the hidden states enter block ``depth - blocks``; the adapter holds the last K blocks."""
+    depth: int
+    """N: the encoder's number of transformer blocks."""
+    tokens: int
+    """L: tokens per frame, after pooling."""
+    width: int
+    """W: token width."""
+    prefix_tokens: int
+    """Class and register tokens before the patch grid."""
+    grid: int
+    """Side of the patch grid before pooling."""
+    pool: int = 1
+    """P: the patch grid was averaged over P x P cells. With P > 1 the adapter sees fewer tokens
+    than the encoder did, so its output differs from the cached features even at a zero update."""
+    dtype: FeatureDtype = "float16"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.blocks <= self.depth:
+            raise SchemaError(
+                f"encoder {self.encoder!r}: block inputs of K={self.blocks} blocks, but the encoder has "
+                f"{self.depth}"
+            )
+        if min(self.tokens, self.width, self.grid, self.pool) < 1 or self.prefix_tokens < 0:
+            raise SchemaError(f"encoder {self.encoder!r}: block inputs spec {self} has a non-positive size")
+        if self.dtype not in ("float16", "float32"):
+            raise SchemaError(f"encoder {self.encoder!r}: block inputs dtype {self.dtype!r} is not supported")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockInputsSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SchemaError(f"block inputs spec has unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    @property
+    def row_shape(self) -> tuple[int, int]:
+        return (self.tokens, self.width)
+
+    @property
+    def bytes_per_frame(self) -> int:
+        return self.tokens * self.width * np.dtype(self.dtype).itemsize
+
+
 QUARTER_TURNS_DEG: tuple[int, ...] = (0, 90, 180, 270)
 
 
@@ -173,6 +241,9 @@ class VideoItem:
     orientation: Orientation | None = None
     """How the decoded pictures were turned/mirrored before encoding (None when unknown, e.g.
     imported features or caches written before schema 1.1.0)."""
+    block_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Encoder name -> (T, L, W) hidden states entering its block N-K, for the encoders the cache
+    stores block inputs of (`BlockInputsSpec`); empty otherwise."""
 
 
 @dataclass

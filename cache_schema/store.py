@@ -8,6 +8,9 @@ Layout (see docs/cache_schema.md for the full contract)::
     videos/offsets/<enc>                             (N, 2) row range of each video in video/<enc>/*
     video/<enc>/features      (sum T, D)             packed along T, all videos back to back
     video/<enc>/timestamps    (sum T, 2) float64     [start, end) seconds of each feature
+    video/<enc>/block_inputs  (sum T, L, W)          optional (schema 1.3.0, attrs.block_inputs):
+                                                     hidden states entering block N-K, row i
+                                                     belongs to features row i
     queries/meta, queries/meta_offsets               JSON record per query (qid, vid, text, split, ...)
     queries/offsets/<enc>                            (M, 2) row range of each query in text/<enc>/tokens
     text/<enc>/tokens         (sum L, D)
@@ -46,8 +49,10 @@ import numpy as np
 from cache_schema.backends import NotAStoreError, Store, create_store, remove_store
 from cache_schema.spec import (
     SCHEMA_VERSION,
+    BlockInputsSpec,
     EncoderNotCommittedError,
     EncoderSpec,
+    MissingBlockInputsError,
     Modality,
     Orientation,
     QueryItem,
@@ -65,6 +70,21 @@ Uncovered = Literal["error", "skip"]
 INDEXED_SINCE = "1.2.0"
 """Schema version that introduced indexed (added) encoders; written as ``min_reader_version`` by
 the first `CacheWriter.add_encoder`, because a reader that does not know them would misread them."""
+
+
+BLOCK_INPUTS_SINCE = "1.3.0"
+"""Schema version that introduced block inputs; written as ``min_reader_version`` by a cache that
+has them, because an older writer resuming it would not keep them aligned with the features."""
+
+
+def block_inputs_array(name: str) -> str:
+    """The packed block-input array of a video encoder: ``video/<enc>/block_inputs``."""
+    return f"video/{name}/block_inputs"
+
+
+def block_inputs_table(specs: Iterable[BlockInputsSpec]) -> dict[str, dict]:
+    """The ``block_inputs`` attribute: encoder name -> `BlockInputsSpec` as a dict."""
+    return {spec.encoder: spec.to_dict() for spec in specs}
 
 
 def items_table(modality: Modality) -> str:
@@ -213,6 +233,9 @@ class CacheWriter:
             first; ``create`` refuses an existing path.
         compression: None (default: embeddings barely compress, see docs/cache_schema.md),
             ``gzip``/``lzf`` for HDF5, ``zstd``/``lz4`` for Zarr.
+        block_inputs: video encoders (of ``encoders``, written with the cache) whose block inputs
+            every video then carries (`VideoItem.block_inputs`). None keeps an existing cache's (none
+            for a new one); a list must equal a resumed cache's.
 
     Raises:
         FileExistsError: ``mode="create"`` and ``path`` exists.
@@ -229,6 +252,7 @@ class CacheWriter:
         encoders: Sequence[EncoderSpec] | None,
         mode: WriteMode = "resume",
         compression: str | None = None,
+        block_inputs: Sequence[BlockInputsSpec] | None = None,
     ) -> None:
         self.path = Path(path)
         if encoders is None and not (self.path.exists() and mode == "resume"):
@@ -239,10 +263,19 @@ class CacheWriter:
             remove_store(self.path)
         if not self.path.exists():
             created = encoder_table(encoders)
+            blocks = block_inputs_table(block_inputs or ())
+            unknown = sorted(set(blocks) - set(created["video"]))
+            if unknown:
+                raise SchemaError(
+                    f"{self.path}: block inputs of {unknown}, which are not video encoders of the cache "
+                    f"{sorted(created['video'])}"
+                )
             # Built under a temporary name and renamed into place: a writer killed here leaves
             # no store at `path`, never one without its manifest.
             create_store(
-                self.path, lambda store: self._initialize(store, dataset, created), compression=compression
+                self.path,
+                lambda store: self._initialize(store, dataset, created, blocks),
+                compression=compression,
             )
         self._store = open_store(self.path, "r+", compression=compression)
         try:
@@ -260,6 +293,16 @@ class CacheWriter:
                 f"{self.path}: existing cache has encoders {existing}, "
                 f"this run writes {_describe(table)}; use another path or mode='overwrite'"
             )
+        existing_blocks = self._store.get_attr("block_inputs") or {}
+        if block_inputs is not None and block_inputs_table(block_inputs) != existing_blocks:
+            self._store.close()
+            raise SchemaError(
+                f"{self.path}: existing cache has block inputs {existing_blocks or 'of no encoder'}, "
+                f"this run writes {block_inputs_table(block_inputs) or 'none'}; use another path or "
+                "mode='overwrite'"
+            )
+        self.block_inputs = {n: BlockInputsSpec.from_dict(d) for n, d in existing_blocks.items()}
+        """Video encoder -> spec of the block inputs every video carries."""
         self._truncate_uncommitted()
         self.encoders = {m: {n: EncoderSpec.from_dict(d) for n, d in t.items()} for m, t in table.items()}
         manifest = self._store.get_attr("manifest")
@@ -288,9 +331,17 @@ class CacheWriter:
 
     # -- set-up -----------------------------------------------------------------------------
     @staticmethod
-    def _initialize(s: Store, dataset: str, table: dict[str, dict[str, dict]]) -> None:
+    def _initialize(
+        s: Store, dataset: str, table: dict[str, dict[str, dict]], blocks: dict[str, dict]
+    ) -> None:
         """Write the attributes and empty arrays of a new store; the manifest last (the commit point)."""
         s.set_attr("schema_version", SCHEMA_VERSION)
+        if blocks:
+            s.set_attr("min_reader_version", BLOCK_INPUTS_SINCE)
+            s.set_attr("block_inputs", blocks)
+            for name, spec in blocks.items():
+                block_spec = BlockInputsSpec.from_dict(spec)
+                s.create(block_inputs_array(name), block_spec.row_shape, np.dtype(block_spec.dtype))
         s.set_attr("dataset", dataset)
         s.set_attr(
             "created",
@@ -333,6 +384,8 @@ class CacheWriter:
             columns.append((data_array(modality, name), index, rows, stop_col))
             if modality == "video":
                 columns.append((f"video/{name}/timestamps", index, rows, stop_col))
+                if name in (self._store.get_attr("block_inputs") or {}):
+                    columns.append((block_inputs_array(name), index, rows, stop_col))
         return columns
 
     def _truncate_uncommitted(self) -> None:
@@ -422,6 +475,10 @@ class CacheWriter:
             self._store.write(
                 f"video/{name}/timestamps", start, np.asarray(item.timestamps_sec[name], np.float64)
             )
+            if name in self.block_inputs:  # shares the features' offsets too
+                dtype = np.dtype(self.block_inputs[name].dtype)
+                rows = np.asarray(item.block_inputs[name]).astype(dtype, copy=False)
+                self._store.write(block_inputs_array(name), start, rows)
         meta = {
             "vid": item.vid,
             "duration_sec": float(item.duration_sec),
@@ -477,6 +534,14 @@ class CacheWriter:
             if not np.all(np.isfinite(feats)):
                 problems.append(f"video {vid}: encoder {name!r} features contain NaN/Inf")
             problems += [f"{p} (encoder {name!r})" for p in check_timestamps(vid, ts, item.duration_sec)]
+            if name in self.block_inputs:
+                problems += _check_block_inputs(vid, self.block_inputs[name], item, feats.shape[0])
+        unstored = sorted(set(item.block_inputs) - set(self.block_inputs))
+        if unstored:
+            problems.append(
+                f"video {vid}: block inputs of {unstored}, but the cache stores block inputs of "
+                f"{sorted(self.block_inputs) or 'no encoder'}"
+            )
         extra = set(item.features) - set(self.encoders["video"])
         if extra:
             problems.append(
@@ -621,7 +686,8 @@ class CacheWriter:
         self._ends[index] = 0
         self._commit()
         s.set_attr("schema_version", SCHEMA_VERSION)
-        s.set_attr("min_reader_version", INDEXED_SINCE)
+        if _version_tuple(s.get_attr("min_reader_version") or "0.0.0") < _version_tuple(INDEXED_SINCE):
+            s.set_attr("min_reader_version", INDEXED_SINCE)  # never lowered (block inputs need 1.3.0)
         table[spec.modality][spec.name] = spec.to_dict()
         s.set_attr("encoders", table)
         s.flush()
@@ -815,6 +881,8 @@ class SplitArrays:
     """Queries of the split left out because an encoder was not committed for them (``uncovered="skip"``)."""
     skipped_videos: int = 0
     """Videos of the split whose queries were all left out for that reason."""
+    block_inputs: np.ndarray | None = None
+    """(V, T, L, W) one encoder's block inputs (``load_split(block_inputs=...)``), 0 padded; else None."""
 
 
 class CacheReader:
@@ -835,6 +903,10 @@ class CacheReader:
         table = s.get_attr("encoders")
         self.video_encoders = {n: EncoderSpec.from_dict(d) for n, d in table["video"].items()}
         self.text_encoders = {n: EncoderSpec.from_dict(d) for n, d in table["text"].items()}
+        self.block_inputs = {
+            n: BlockInputsSpec.from_dict(d) for n, d in (s.get_attr("block_inputs") or {}).items()
+        }
+        """Video encoder -> spec of its block inputs (schema 1.3.0; empty for older caches)."""
         manifest = s.get_attr("manifest")
         self.n_videos, self.n_queries = manifest["videos"], manifest["queries"]
         # Only the committed prefix of every array is ever read.
@@ -951,6 +1023,28 @@ class CacheReader:
         start, stop = self._video_range(vid, encoder)
         return self._store.read(f"video/{encoder}/timestamps", start, stop)
 
+    def block_inputs_spec(self, encoder: str) -> BlockInputsSpec:
+        """The block-input spec of a video encoder.
+
+        Raises:
+            MissingBlockInputsError: the cache stores no block inputs of ``encoder``; the message
+                names the cache, the encoder and the extract option that adds them.
+        """
+        self._video_encoder(encoder)
+        if encoder not in self.block_inputs:
+            raise MissingBlockInputsError(
+                f"{self.path}: the cache has no block inputs of video encoder {encoder!r} (it has them of "
+                f"{sorted(self.block_inputs) or 'no encoder'}); extract them with the encoder's "
+                f"block_inputs option, e.g. video_encoders=[{{name: {encoder}, block_inputs: 4}}]"
+            )
+        return self.block_inputs[encoder]
+
+    def video_block_inputs(self, vid: str, encoder: str) -> np.ndarray:
+        """(T, L, W) hidden states entering block N-K of ``encoder``, one row per feature of ``vid``."""
+        self.block_inputs_spec(encoder)
+        start, stop = self._video_range(vid, encoder)
+        return self._store.read(block_inputs_array(encoder), start, stop)
+
     def video_encoders_of(self, vid: str) -> list[str]:
         """The video encoders committed for ``vid``."""
         row = self._video_row(vid)
@@ -972,6 +1066,11 @@ class CacheReader:
             orientation=meta.orientation,
             features={n: self.video_features(vid, n) for n in self.video_encoders_of(vid)},
             timestamps_sec={n: self.video_timestamps(vid, n) for n in self.video_encoders_of(vid)},
+            block_inputs={
+                n: self.video_block_inputs(vid, n)
+                for n in self.video_encoders_of(vid)
+                if n in self.block_inputs
+            },
         )
 
     def _query_item(self, meta: dict) -> QueryItem:
@@ -1032,6 +1131,7 @@ class CacheReader:
         text_encoder: str,
         *,
         uncovered: Uncovered = "error",
+        block_inputs: str | None = None,
     ) -> SplitArrays:
         """Load every query of `split` and its videos as dense padded arrays, in a few large reads.
 
@@ -1042,8 +1142,10 @@ class CacheReader:
         Args:
             uncovered: ``error`` (default) refuses a split with uncovered queries, giving the
                 counts; ``skip`` leaves them out and counts them in ``SplitArrays.skipped_*``.
+            block_inputs: also load this video encoder's block inputs (``SplitArrays.block_inputs``).
 
         Raises:
+            MissingBlockInputsError: ``block_inputs`` names an encoder the cache has none of.
             UncoveredItemsError: some queries are not covered and ``uncovered`` is ``error``, or
                 none is covered.
             SchemaError: the split has no queries, or the encoders' timestamps disagree.
@@ -1054,6 +1156,13 @@ class CacheReader:
             raise ValueError(f"uncovered must be 'error' or 'skip', got {uncovered!r}")
         specs = [self._video_encoder(n) for n in video_encoders]
         text_spec = self._text_encoder(text_encoder)
+        if block_inputs is not None:
+            if block_inputs not in video_encoders:
+                raise SchemaError(
+                    f"{self.path}: block inputs of {block_inputs!r} need it among the video encoders "
+                    f"{list(video_encoders)}"
+                )
+            block_spec = self.block_inputs_spec(block_inputs)
         all_rows = [i for i, m in enumerate(self._query_meta) if m["split"] == split]
         if not all_rows:
             raise SchemaError(f"{self.path}: split {split!r} has no queries; splits: {self.splits()}")
@@ -1110,6 +1219,12 @@ class CacheReader:
         timestamps = np.zeros((len(vids), t_max, 2), dtype=np.float64)
         for i, ts in enumerate(ts_all[first]):
             timestamps[i, : len(ts)] = ts
+        blocks = None
+        if block_inputs is not None:
+            blocks = np.zeros((len(vids), t_max, *block_spec.row_shape), dtype=block_spec.dtype)
+            rows = _gather_rows(self._store, block_inputs_array(block_inputs), ranges[block_inputs])
+            for i, hidden in enumerate(rows):
+                blocks[i, : len(hidden)] = hidden
 
         qrows_arr = np.asarray(qrows, dtype=np.int64)
         tranges = self._query_offsets[text_encoder][qrows_arr]
@@ -1145,6 +1260,7 @@ class CacheReader:
             saliency_clip_sec=clip_sec,
             skipped_queries=skipped_queries,
             skipped_videos=skipped_videos,
+            block_inputs=blocks,
         )
 
     def close(self) -> None:
@@ -1155,6 +1271,21 @@ class CacheReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_block_inputs(vid: str, spec: BlockInputsSpec, item: VideoItem, n_features: int) -> list[str]:
+    """How one video's block inputs of one encoder break the contract, naming the video and encoder."""
+    if spec.encoder not in item.block_inputs:
+        return [f"video {vid}: no block inputs for encoder {spec.encoder!r}, which the cache stores them of"]
+    rows = np.asarray(item.block_inputs[spec.encoder])
+    if rows.shape != (n_features, *spec.row_shape):
+        return [
+            f"video {vid}: encoder {spec.encoder!r} block inputs have shape {rows.shape}, "
+            f"expected ({n_features}, {spec.tokens}, {spec.width})"
+        ]
+    if not np.all(np.isfinite(rows)):
+        return [f"video {vid}: encoder {spec.encoder!r} block inputs contain NaN/Inf"]
+    return []
 
 
 def _gather_rows(store: Store, name: str, ranges: np.ndarray) -> list[np.ndarray]:

@@ -8,8 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from cache_schema.backends import Store
-from cache_schema.spec import EncoderSpec, Orientation, SchemaError, check_timestamps, check_windows
-from cache_schema.store import CacheReader, _decode_json, check_version, index_array, indexed_counts
+from cache_schema.spec import (
+    BlockInputsSpec,
+    EncoderSpec,
+    Orientation,
+    SchemaError,
+    check_timestamps,
+    check_windows,
+)
+from cache_schema.store import (
+    CacheReader,
+    _decode_json,
+    block_inputs_array,
+    check_version,
+    index_array,
+    indexed_counts,
+)
 
 _BLOCK_ROWS = 1 << 16
 
@@ -129,6 +143,7 @@ def _validate_store(path: Path, store: Store) -> list[str]:
         offs, rows = found
         covered = [videos[r] for r in rows]
         problems += _check_dim(store, f"video/{name}/features", spec.dim)
+        problems += _check_block_inputs(path, store, name, int(offs[-1, 1]) if len(offs) else 0)
         if store.nrows(f"video/{name}/timestamps") < (offs[-1, 1] if len(offs) else 0):
             problems.append(f"{path}: video/{name}/timestamps is shorter than its features")
             continue
@@ -217,11 +232,31 @@ def inspect(path: str | os.PathLike) -> dict:
             "text_encoders": {n: s.to_dict() for n, s in reader.text_encoders.items()},
             "coverage": reader.coverage(),
             "added_encoders": reader.added_encoders,
+            "block_inputs": {n: s.to_dict() for n, s in reader.block_inputs.items()},
             "features_per_video": _length_stats(
                 [reader._video_offsets[n] for n in reader.video_encoders][:1]
             ),
             "size_on_disk_bytes": reader.size_on_disk(),
         }
+
+
+def _check_block_inputs(path: Path, store: Store, name: str, rows: int) -> list[str]:
+    """Problems of one video encoder's block-input array (schema 1.3.0), if the cache has one."""
+    table = store.get_attr("block_inputs") or {}
+    if name not in table:
+        return []
+    try:
+        spec = BlockInputsSpec.from_dict(table[name])
+    except (SchemaError, TypeError) as err:
+        return [f"{path}: block inputs of {name!r} are described invalidly: {err}"]
+    array = block_inputs_array(name)
+    if not store.has(array):
+        return [f"{path}: array {array} is missing"]
+    if store.row_shape(array) != spec.row_shape:
+        return [f"{path}: {array} rows are {store.row_shape(array)}, its spec says {spec.row_shape}"]
+    if store.nrows(array) < rows:
+        return [f"{path}: {array} has {store.nrows(array)} rows, the features {rows}"]
+    return []
 
 
 def _length_stats(offsets: list[np.ndarray]) -> dict:

@@ -19,16 +19,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cache_schema.spec import EncoderSpec
+from cache_schema.spec import BlockInputsSpec, EncoderSpec
 from cache_schema.store import CacheReader
-from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder
+from extract.encoders import RANDOM_INIT, Encoder, EncoderError, Precision, build_encoder, encoder_specs
+from extract.encoders.blocks import VisualSplit, block_inputs_spec, check_blocks, encode_with_block_inputs
 from extract.video import (
     Backend,
     SampledVideo,
@@ -139,6 +140,34 @@ def encode_frames(encoder: Encoder, frames: np.ndarray) -> np.ndarray:
     return encoder.encode_video(frames)[:n].numpy()  # (N, D)
 
 
+def encode_frames_with_block_inputs(
+    encoder: Encoder, frames: np.ndarray, blocks: int, pool: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_frames` that also returns the hidden states entering the last ``blocks`` blocks.
+
+    Batched and padded exactly like `encode_frames`, and the features are the tower's own
+    forward pass op for op, so they equal `encode_frames`' (`extract.encoders.blocks`).
+
+    Args:
+        encoder: A video encoder whose tower can be cut (open_clip ViT or timm ViT trunk).
+        frames: (N, H, W, 3) uint8.
+        blocks: K, 1 <= K <= the encoder's depth.
+        pool: Patch-grid pooling factor P of the block inputs (1: none).
+
+    Returns:
+        features (N, D) float32 and block inputs (N, L, W) float32.
+
+    Raises:
+        EncoderError: K is out of range or the tower cannot be cut; names the encoder.
+    """
+    n = frames.shape[0]
+    pad = _pad_rows(n, encoder.batch_size)
+    if pad:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
+    features, hidden = encode_with_block_inputs(encoder, frames, blocks, pool)
+    return features[:n].numpy(), hidden[:n].numpy()  # (N, D), (N, L, W)
+
+
 def encode_texts(encoder: Encoder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Encode sentences in forward passes of exactly ``encoder.batch_size`` texts (see :func:`encode_frames`).
 
@@ -233,6 +262,68 @@ def check_rebuilt_spec(recorded: EncoderSpec, rebuilt: EncoderSpec | None, *, we
             recorded.library,
             rebuilt.library,
         )
+
+
+def build_visual_tail(
+    spec: EncoderSpec, blocks: BlockInputsSpec, *, weights: str | None = None
+) -> VisualSplit:
+    """The last K blocks and the head of a cache's video encoder, rebuilt from its weights.
+
+    The embedding and the early blocks are dropped, so the module holds (and its ``state_dict``
+    lists) only what turns the cache's block inputs into embeddings: ``tail(x, 0)`` maps
+    (N, L, W) block inputs to (N, D) features.
+
+    Args:
+        spec: The encoder's spec as the cache recorded it.
+        blocks: The cache's block-input spec of that encoder.
+        weights: None rebuilds the recorded ``weights_id``; anything else must give the same id.
+
+    Raises:
+        EncoderError: the weights differ from the cache's ``weights_id`` (naming both), the rebuilt
+            encoder differs from the recorded one, or its depth is not the recorded depth.
+    """
+    recorded_weights = weights_from_id(spec.weights_id)
+    if weights is not None:
+        rebuilt, _ = encoder_specs(spec.name, weights=weights, fps=1.0 / spec.stride_sec)
+        if rebuilt is None or rebuilt.weights_id != spec.weights_id:
+            raise EncoderError(
+                f"encoder {spec.name!r}: adapter weights {None if rebuilt is None else rebuilt.weights_id!r} "
+                f"differ from the cache's weights_id {spec.weights_id!r}; the block inputs were made with "
+                "the cache's, so the adapter must load the same"
+            )
+        recorded_weights = weights
+    if spec.weights_id == RANDOM_INIT:
+        log.warning(
+            "encoder %s: the cache was made with random-init weights ('none'); the adapter adapts a "
+            "random tower (fine for tests and demos, meaningless for real accuracy)",
+            spec.name,
+        )
+    encoder = build_encoder(spec.name, weights=recorded_weights, fps=1.0 / spec.stride_sec)
+    check_rebuilt_spec(spec, encoder.video_spec, weights_given=False)
+    split = encoder.visual_split()
+    if split.depth != blocks.depth or split.width != blocks.width:
+        raise EncoderError(
+            f"encoder {spec.name!r}: rebuilt with depth {split.depth} and width {split.width}, the cache's "
+            f"block inputs say depth {blocks.depth} and width {blocks.width}"
+        )
+    start = check_blocks(spec.name, blocks.blocks, split.depth)
+    split.drop_stem(start)
+    return split.requires_grad_(False)
+
+
+def describe_block_inputs(
+    name: str, blocks: int, pool: int = 1, *, weights: str | None = RANDOM_INIT, fps: float = 1.0
+) -> tuple[EncoderSpec, BlockInputsSpec]:
+    """The video spec and block-input spec an extraction with ``block_inputs: blocks`` would record.
+
+    Builds the encoder (random init by default: offline), for benchmarks and tests that need the
+    specs of an encoder without extracting a cache.
+
+    Raises:
+        EncoderError: K is out of range (naming K and the depth), or the tower cannot be cut.
+    """
+    encoder = build_encoder(name, weights=weights, fps=fps)
+    return encoder.video_spec, block_inputs_spec(encoder, blocks, pool)
 
 
 @dataclass(frozen=True)
@@ -489,6 +580,20 @@ class FeatureExtractor:
             name: encode_frames(enc, batch).astype(enc.video_spec.numpy_dtype)
             for name, enc in self.video_encoders.items()
         }
+
+    def adapt_video_encoder(
+        self, name: str, tail: Callable[[torch.Tensor], torch.Tensor], blocks: BlockInputsSpec
+    ) -> None:
+        """Encode videos with ``name``'s last K blocks replaced by ``tail`` (see `Encoder.adapt_tail`).
+
+        Raises:
+            EncoderError: no such video encoder, or its tower cannot be cut as ``blocks`` says.
+        """
+        if name not in self.video_encoders:
+            raise EncoderError(
+                f"no video encoder {name!r} to adapt; this extractor has {sorted(self.video_encoders)}"
+            )
+        self.video_encoders[name].adapt_tail(tail, blocks.blocks, blocks.pool)
 
     def encode_texts(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Encode sentences with the text encoder.

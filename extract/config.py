@@ -47,15 +47,28 @@ class EncoderChoice:
         weights: None for the encoder's default (hub) weights, ``none`` for a seeded random
             initialisation (offline), or a local checkpoint path.
         batch_size: Frames (clips) or texts per forward pass; None uses the run's ``batch_size``.
+        block_inputs: Video encoders only: also store, for every feature, the hidden states that
+            enter the encoder's last ``block_inputs`` (K) transformer blocks, so a LoRA adapter
+            can train those blocks from the cache (docs/adapter.md gives the disk cost). 0: off.
+        block_pool: Average the stored patch-token grid over P x P cells (P = ``block_pool``) to
+            cut the disk cost of large encoders; with P > 1 the adapter no longer reproduces the
+            frozen features exactly (the cache records P).
     """
 
     name: str
     weights: str | None = None
     batch_size: int | None = None
+    block_inputs: int = 0
+    block_pool: int = 1
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("encoder name is empty")
+        if self.block_inputs < 0 or self.block_pool < 1:
+            raise ConfigError(
+                f"encoder {self.name!r}: block_inputs must be >= 0 and block_pool >= 1, got "
+                f"{self.block_inputs} and {self.block_pool}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"encoder {self.name!r}: batch_size must be >= 1, got {self.batch_size}")
 
@@ -170,6 +183,11 @@ class ExtractConfig:
             names = [c.name for c in choices]
             if len(set(names)) != len(names):
                 raise ConfigError(f"{kind}: an encoder is listed twice in {names}")
+        text_blocks = [c.name for c in self.text_encoders if c.block_inputs]
+        if text_blocks:
+            raise ConfigError(
+                f"text_encoders: block_inputs is an option of video encoders, set on {text_blocks}"
+            )
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ConfigError(f"fps must be a positive number, got {self.fps}")
         if self.batch_size < 1:
@@ -196,6 +214,12 @@ class ExtractConfig:
             raise ConfigError(
                 f"add_encoder: {unlisted} not among the config's video_encoders/text_encoders "
                 f"{sorted(set(listed))}; list each there (with its weights) first"
+            )
+        added_blocks = [c.name for c in self.video_encoders if c.block_inputs and c.name in self.add_encoder]
+        if added_blocks:
+            raise ConfigError(
+                f"add_encoder: {added_blocks} ask for block_inputs, which are stored only for encoders "
+                "written with a cache; extract a new cache with them instead"
             )
         if self.add_encoder and self.overwrite:
             raise ConfigError("add_encoder adds to an existing cache; it cannot be combined with overwrite")

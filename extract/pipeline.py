@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -61,11 +62,21 @@ from rich.progress import (
 
 from cache_schema.backends import remove_store
 from cache_schema.edit import merge_caches
-from cache_schema.spec import EncoderSpec, Orientation, QueryItem, SchemaError, VideoItem, check_windows
+from cache_schema.errors import GroundcacheError
+from cache_schema.spec import (
+    BlockInputsSpec,
+    EncoderSpec,
+    Orientation,
+    QueryItem,
+    SchemaError,
+    VideoItem,
+    check_windows,
+)
 from cache_schema.store import CacheReader, CacheWriter
 from cache_schema.validate import validate
 from extract.api import (
     encode_frames,
+    encode_frames_with_block_inputs,
     encode_texts,
     frames_for_encoder,
     max_frames_per_feature,
@@ -84,7 +95,8 @@ from extract.datasets import (
     load_dataset,
 )
 from extract.encoders import Encoder, build_encoder, encoder_specs
-from extract.video import Backend, VideoDecodeError
+from extract.encoders.blocks import block_inputs_spec
+from extract.video import Backend, VideoDecodeError, feature_windows, probe_video
 from extract.workers import SupervisedMap
 
 log = logging.getLogger(__name__)
@@ -494,6 +506,76 @@ def encoder_table(config: ExtractConfig) -> list[EncoderSpec]:
     return specs
 
 
+class DiskSpaceError(GroundcacheError, OSError):
+    """A run's projected block inputs do not fit the free disk; the message gives both sizes."""
+
+
+def block_inputs_of(config: ExtractConfig, encoders: Encoders) -> dict[str, BlockInputsSpec]:
+    """Spec name -> `BlockInputsSpec` of every video encoder whose config asks for block inputs.
+
+    Raises:
+        EncoderError: K exceeds an encoder's depth (naming both), or its tower cannot be cut.
+    """
+    specs = {}
+    # `build_encoders` fills `encoders.video` in the order of `config.video_encoders`.
+    for choice, encoder in zip(config.video_encoders, encoders.video.values(), strict=True):
+        if choice.block_inputs:
+            spec = block_inputs_spec(encoder, choice.block_inputs, choice.block_pool)
+            specs[encoder.video_spec.name] = spec
+    return specs
+
+
+def projected_features(plan: AnnotationPlan, tasks: Sequence[VideoTask], fps: float) -> int:
+    """Features the videos of ``tasks`` will have: from the annotation's duration, else the file's."""
+    total = 0
+    for task in tasks:
+        durations = [r.duration_sec for r in plan.rows.get(task.vid, []) if r.duration_sec]
+        if durations:
+            duration_sec = max(durations)
+        elif task.path is not None:
+            try:
+                duration_sec = probe_video(task.path).duration_sec
+            except VideoDecodeError:
+                continue  # it will fail at decode, with its reason; it writes nothing
+        else:
+            continue
+        total += len(feature_windows(duration_sec, fps))
+    return total
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes with three significant digits in B, kB, MB, GB or TB (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def check_block_inputs_disk(
+    blocks: dict[str, BlockInputsSpec],
+    plan: AnnotationPlan,
+    tasks: Sequence[VideoTask],
+    fps: float,
+    store: Path,
+) -> None:
+    """Refuse a run whose block inputs would not fit the free disk beside ``store``.
+
+    Raises:
+        DiskSpaceError: naming the projected size and the free space, both in GB.
+    """
+    if not blocks:
+        return
+    frames = projected_features(plan, tasks, fps)
+    need = frames * sum(spec.bytes_per_frame for spec in blocks.values())
+    free = shutil.disk_usage(store.parent if store.parent.exists() else Path.cwd()).free
+    if need > free:
+        raise DiskSpaceError(
+            f"{store}: the block inputs of {sorted(blocks)} for {frames} frames need {format_bytes(need)}, "
+            f"the disk has {format_bytes(free)} free (lower block_inputs K or raise block_pool P)"
+        )
+
+
 def build_encoders(config: ExtractConfig, device: str) -> Encoders:
     built: dict[tuple[str, str | None, int], Encoder] = {}
 
@@ -586,6 +668,9 @@ class _Pending:
     features: dict[str, np.ndarray]
     """Encoder name -> (T, D) float32, filled batch by batch."""
     remaining: dict[str, int]
+    block_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Encoder name -> (T, L, W) hidden states entering its last K blocks, for the encoders whose
+    block inputs the run stores; filled with the features (empty when growing a cache)."""
 
     @property
     def n_features(self) -> int:
@@ -608,10 +693,14 @@ class _FrameQueue:
     (videos of one aspect ratio decode to one shape, so a dataset usually has one or a few lines).
     """
 
-    def __init__(self, name: str, encoder: Encoder, sampled_per_feature: int) -> None:
+    def __init__(
+        self, name: str, encoder: Encoder, sampled_per_feature: int, blocks: BlockInputsSpec | None = None
+    ) -> None:
         self.name = name
         self.encoder = encoder
         self.sampled_per_feature = sampled_per_feature
+        self.blocks = blocks
+        """The block inputs this encoder also stores, or None."""
         self._lines: dict[tuple[int, ...], deque[list]] = {}  # shape -> [[pending video, next row], ...]
         self._waiting: Counter[tuple[int, ...]] = Counter()
         self.encoded = 0
@@ -654,10 +743,17 @@ class _FrameQueue:
                 for video, start, n in pieces
             ]
         )  # (B, H, W, 3) or (B, F, H, W, 3)
-        out = encode_frames(self.encoder, frames)  # (B, D)
+        if self.blocks is None:
+            out = encode_frames(self.encoder, frames)  # (B, D)
+        else:
+            out, hidden = encode_frames_with_block_inputs(
+                self.encoder, frames, self.blocks.blocks, self.blocks.pool
+            )  # (B, D), (B, L, W)
         row = 0
         for video, start, n in pieces:
             video.features[self.name][start : start + n] = out[row : row + n]
+            if self.blocks is not None:
+                video.block_inputs[self.name][start : start + n] = hidden[row : row + n]
             video.remaining[self.name] -= n
             row += n
         self._waiting[shape] -= taken
@@ -732,7 +828,7 @@ def extract_videos(
     summary = RunSummary(output=store, total=len(tasks))
 
     if config.overwrite and store.exists():
-        CacheWriter(store, dataset=config.dataset, encoders=specs, mode="overwrite").close()
+        remove_store(store)
     done_here = _committed(store)
     done_final = _committed(final) if final is not None else _Committed({}, set())
     durations = {**done_final.durations, **done_here.durations}
@@ -774,10 +870,14 @@ def extract_videos(
         order += [(t.vid, [r.query for r in plan.rows[t.vid]]) for t in to_decode]
         bank = TextBank(encoders.text, order)
         longest = max_frames_per_feature(video_specs)
-        queues = [_FrameQueue(name, enc, longest) for name, enc in encoders.video.items()]
+        blocks = block_inputs_of(config, encoders)
+        check_block_inputs_disk(blocks, plan, to_decode, config.fps, store)
+        queues = [_FrameQueue(name, enc, longest, blocks.get(name)) for name, enc in encoders.video.items()]
         max_pending = max(1, config.num_workers) * config.prefetch_videos + 1
 
-        writer = CacheWriter(store, dataset=config.dataset, encoders=specs, mode="resume")
+        writer = CacheWriter(
+            store, dataset=config.dataset, encoders=specs, mode="resume", block_inputs=list(blocks.values())
+        )
     except BaseException:
         decoded_iter.close()
         raise
@@ -845,6 +945,7 @@ def extract_videos(
                     n_frames=decoded.n_frames,
                     source=decoded.path,
                     orientation=decoded.orientation,
+                    block_inputs=video.block_inputs,
                 )
                 try:
                     writer.add_video(item)
@@ -886,6 +987,11 @@ def extract_videos(
                     frames,
                     features={q.name: np.empty((n, q.encoder.video_spec.dim), np.float32) for q in queues},
                     remaining={q.name: n for q in queues},
+                    block_inputs={
+                        q.name: np.empty((n, *q.blocks.row_shape), q.blocks.dtype)
+                        for q in queues
+                        if q.blocks is not None
+                    },
                 )
                 pending.append(video)
                 for queue in queues:

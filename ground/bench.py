@@ -54,6 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-epochs", type=int, default=0, help="really train this many epochs (GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workdir", type=Path, default=REPO / "data" / "bench")
+    parser.add_argument(
+        "--adapter",
+        choices=["lora"],
+        default=None,
+        help="also train a LoRA visual adapter (ground.adapter) on random block inputs of --adapter-encoder",
+    )
+    parser.add_argument("--adapter-encoder", default="clip_vit_b32", help="encoder adapted (random init)")
+    parser.add_argument("--adapter-blocks", type=int, default=4, help="K: blocks the adapter holds")
+    parser.add_argument("--adapter-checkpointing", action="store_true", help="activation checkpointing")
     args = parser.parse_args(argv)
     threads = apply_thread_policy()
 
@@ -86,7 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         .to(device)
         .train()
     )
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    adapter, hidden = None, None
+    if args.adapter:
+        from extract.api import describe_block_inputs
+        from ground.adapter import VisualAdapter
+
+        encoder_spec, block_spec = describe_block_inputs(args.adapter_encoder, args.adapter_blocks)
+        adapter = VisualAdapter(encoder_spec, block_spec, 0, checkpointing=args.adapter_checkpointing)
+        adapter = adapter.to(device).train()
+        # (B, T, L, W) fp16 block inputs, as a cache stores them; the values do not change the cost.
+        hidden = torch.randn(args.batch_size, args.clips, *block_spec.row_shape, generator=torch.Generator())
+        hidden = hidden.half().to(device)
+    trained = [*net.parameters(), *([] if adapter is None else adapter.parameters())]
+    optimizer = torch.optim.AdamW([p for p in trained if p.requires_grad], lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
     n = len(split)
@@ -97,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         idx = torch.randint(0, n, (args.batch_size,), generator=gen)
         batch = split.gather(idx)
         with autocast:
+            if adapter is not None:
+                batch = adapter.video_input({**batch, "block_inputs": hidden[:, : batch["video"].shape[1]]})
             loss = net.loss(net(batch), batch)["loss"]
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -136,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         full = f"{args.full_epochs} real epochs: {time.perf_counter() - t0:.1f} s"
 
     params = sum(p.numel() for p in net.parameters())
+    label = args.model
+    if adapter is not None:
+        lora = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
+        label += (
+            f" + lora {args.adapter_encoder} K={args.adapter_blocks} ({lora / 1e6:.3f} M trainable"
+            f"{', checkpointing' if args.adapter_checkpointing else ''})"
+        )
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{threads} threads"
     print(
         f"\nmachine: {platform.node()} {platform.machine()}, device {device} "
@@ -151,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join([*columns, f"projected {args.epochs} epochs"]) + " |")
     print("|---" * (len(columns) + 1) + "|")
     print(
-        f"| {args.model} | {device.type} | {samples_per_sec:.1f} | {step_sec * 1e3:.1f} | "
+        f"| {label} | {device.type} | {samples_per_sec:.1f} | {step_sec * 1e3:.1f} | "
         f"{step_cpu_sec:.2f} | {peak:.0f} ({peak_what}) | {steps_per_epoch * step_sec:.0f} | "
         f"{args.epochs * steps_per_epoch * step_sec / 60:.1f} min |"
     )

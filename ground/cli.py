@@ -47,6 +47,7 @@ class GroundCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")
         parser.link_arguments("data.text_dim", "model.text_dim", apply_on="instantiate")
+        parser.link_arguments("data.adapter_source", "model.adapter_source", apply_on="instantiate")
         parser.link_arguments("data.length_buckets", "model.length_buckets", apply_on="parse")
         parser.add_argument(
             "--run_dir", default="runs", help="logs and checkpoints go to RUN_DIR/<dataset>/<model>"

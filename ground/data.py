@@ -53,6 +53,7 @@ class SplitTensors:
     qids: list[str]
     vids: list[str]  # per query
     texts: list[str]
+    block_inputs: Tensor | None = None  # (V, T, L, W) one encoder's block inputs, when the adapter needs them
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -107,6 +108,7 @@ class SplitTensors:
             qids=arrays.qids,
             vids=[arrays.vids[i] for i in arrays.video_index],
             texts=arrays.texts,
+            block_inputs=None if arrays.block_inputs is None else torch.from_numpy(arrays.block_inputs),
         )
 
     def gather(
@@ -129,7 +131,10 @@ class SplitTensors:
         token_lengths = self.token_lengths[idx]
         n_tok = int(token_lengths.max())
         counts = self.window_counts[idx]
+        # (B, T, L, W) block inputs for a visual adapter (ground.adapter)
+        blocks = {} if self.block_inputs is None else {"block_inputs": self.block_inputs[vi, :t]}
         return {
+            **blocks,
             "video": self.video[vi, :t].float(),  # (B, T, Dv)
             "video_mask": arange_t[None, :] < lengths[:, None],  # (B, T)
             "timestamps": self.timestamps[vi, :t],  # (B, T, 2)
@@ -181,7 +186,10 @@ class SplitTensors:
         token_lengths = self.token_lengths[idx]
         n_tok = int(token_lengths.max())
         qrows = idx[:, None].expand_as(pos)
+        # (B, C, L, W) block inputs for a visual adapter (ground.adapter)
+        blocks = {} if self.block_inputs is None else {"block_inputs": self.block_inputs[rows, pos]}
         return {
+            **blocks,
             "video": self.video[rows, pos].float(),
             "video_mask": video_mask,
             "timestamps": timestamps,
@@ -312,6 +320,9 @@ class GroundingDataModule(L.LightningDataModule):
             text encoder (encoders added to a cache may be committed for some items only):
             "error" (default) stops, giving how many; "skip" leaves them out, logs how many and
             keeps the counts in ``skipped[split]``.
+        block_inputs: a chosen video encoder whose cached block inputs every batch then carries
+            (``batch["block_inputs"]`` (B, T, L, W)), for a model trained with ``adapter: lora``
+            (docs/adapter.md). The split's block inputs are held in memory like its features.
 
     Raises:
         FileNotFoundError: no cache at `cache`.
@@ -320,6 +331,8 @@ class GroundingDataModule(L.LightningDataModule):
         UnknownEncoderError: (a KeyError) a chosen encoder is not in the cache; lists those it has.
         UncoveredItemsError: (when a split is loaded, ``uncovered="error"``) some of its queries
             lack a chosen encoder; the message gives the counts.
+        MissingBlockInputsError: `block_inputs` names an encoder the cache has no block inputs of;
+            names the cache, the encoder and the extract option that adds them.
     """
 
     def __init__(
@@ -339,6 +352,7 @@ class GroundingDataModule(L.LightningDataModule):
         device_resident: bool = True,
         seed: int = 0,
         uncovered: Uncovered = "error",
+        block_inputs: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -346,6 +360,14 @@ class GroundingDataModule(L.LightningDataModule):
         with CacheReader(self.cache) as reader:
             self.video_specs = self._choose_video(reader, video_encoders)
             self.text_spec = self._choose_text(reader, text_encoder)
+            self.block_spec = None
+            if block_inputs is not None:
+                if block_inputs not in [s.name for s in self.video_specs]:
+                    raise UnknownEncoderError(
+                        f"{reader.path}: block_inputs {block_inputs!r} is not among the chosen video "
+                        f"encoders {[s.name for s in self.video_specs]}"
+                    )
+                self.block_spec = reader.block_inputs_spec(block_inputs)
             self.schema_version = reader.schema_version
             self.dataset_name = reader.dataset
         if uncovered not in ("error", "skip"):
@@ -390,6 +412,23 @@ class GroundingDataModule(L.LightningDataModule):
     def text_dim(self) -> int:
         return self.text_spec.dim
 
+    @property
+    def adapter_source(self) -> dict | None:
+        """What a visual adapter needs to know about the cache (linked into the model), or None.
+
+        ``encoder``: the adapted encoder's spec; ``block_inputs``: its block-input spec;
+        ``column``: first column of its features in the concatenated video features.
+        """
+        if self.block_spec is None:
+            return None
+        names = [s.name for s in self.video_specs]
+        position = names.index(self.block_spec.encoder)
+        return {
+            "encoder": self.video_specs[position].to_dict(),
+            "block_inputs": self.block_spec.to_dict(),
+            "column": sum(s.dim for s in self.video_specs[:position]),
+        }
+
     def encoder_record(self) -> dict:
         """What a checkpoint stores about the features it was trained on."""
         return {
@@ -407,6 +446,7 @@ class GroundingDataModule(L.LightningDataModule):
                     [s.name for s in self.video_specs],
                     self.text_spec.name,
                     uncovered=self.hparams.uncovered,
+                    block_inputs=self.hparams.block_inputs,
                 )
             self.skipped[split] = (arrays.skipped_queries, arrays.skipped_videos)
             if arrays.skipped_queries:

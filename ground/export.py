@@ -8,7 +8,9 @@ dynamic batch B, clip T and token L axes) in, the network's per-clip outputs out
 the order of its forward dict (for `span`: start_logits, end_logits, saliency, presence_logit).
 Decoding into windows stays in Python (`net.decode` or `ground.models.blocks.decode_spans`).
 A JSON sidecar (`<out>.json`) records the input/output names and shapes, the encoders the
-checkpoint was trained on and its hyperparameters.
+checkpoint was trained on and its hyperparameters. A checkpoint with a visual adapter
+(`ground.adapter`) exports its grounding head only; the sidecar's `adapter` entry (and the
+command's output) describes the adapted encoder the head's video input must come from.
 
 Every export is checked before it is kept: the saved file is loaded back (ONNX Runtime for
 ONNX, `torch.jit.load` for TorchScript) and its outputs are compared with PyTorch's at two sizes
@@ -491,10 +493,37 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
             "checks": checks,
         },
         "encoders": module.encoder_record,
+        "adapter": describe_adapter(module),
         "hyper_parameters": _plain(dict(hp)),
     }
     sidecar_path(out).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def describe_adapter(module: GroundingModule) -> dict | None:
+    """What the export leaves out when the checkpoint has a visual adapter (`ground.adapter`), or None.
+
+    The exported graph is the grounding head only: its ``video`` input is the adapted encoder's
+    embeddings (the LoRA-adapted last K blocks run on the encoder's block inputs), which the
+    export does not compute.
+    """
+    adapter = module.adapter
+    if adapter is None:
+        return None
+    hp = module.hparams
+    return {
+        "exported": False,
+        "note": (
+            f"this file is the grounding head only; its video input columns "
+            f"[{adapter.column}, {adapter.column + adapter.dim}) must be encoder {adapter.encoder.name!r} "
+            f"with LoRA (rank {hp.adapter_rank}, alpha {hp.adapter_alpha}) on its last "
+            f"{adapter.spec.blocks} blocks, as the checkpoint holds it (ground.predict.Grounder applies it)"
+        ),
+        "encoder": adapter.encoder.to_dict(),
+        "block_inputs": adapter.spec.to_dict(),
+        "column": adapter.column,
+        "lora": {"rank": hp.adapter_rank, "alpha": hp.adapter_alpha, "dropout": hp.adapter_dropout},
+    }
 
 
 def sidecar_path(out: str | Path) -> Path:
@@ -549,4 +578,6 @@ def export_main(argv: list[str] | None = None) -> int:
     print(f"  inputs:  {', '.join(i['name'] for i in record['inputs'])}")
     print(f"  outputs: {', '.join(o['name'] for o in record['outputs'])}")
     print(f"  max |export - PyTorch| ({diffs})")
+    if record["adapter"] is not None:
+        print(f"  not exported: the visual adapter; {record['adapter']['note']}")
     return 0

@@ -1,7 +1,10 @@
 """The one LightningModule for every grounding network (the network is injected by name).
 
 The module never branches on the model: it calls `net(batch)`, `net.loss(output, batch)` and
-`net.decode(output, batch, k)` (docs/architecture.md). Optimisation is AdamW with linear warmup
+`net.decode(output, batch, k)` (docs/architecture.md). With a visual adapter (`adapter="lora"`,
+`ground.adapter`), every batch first goes through `video_input`, which replaces the adapted
+encoder's cached features by the adapter's embeddings of the batch's block inputs; the network
+sees the same batch keys either way. Optimisation is AdamW with linear warmup
 and cosine decay per step over the run's total optimizer steps, which the Trainer's epoch or step
 limit gives (`check_stopping_rule`); gradient clipping and precision are Trainer settings.
 """
@@ -21,6 +24,8 @@ import torch
 from torch import Tensor
 
 from cache_schema.errors import GroundcacheError
+from cache_schema.spec import BlockInputsSpec, EncoderSpec
+from ground.adapter import ADAPTERS, AdapterKind, VisualAdapter, lora_state_keys
 from ground.errors import CheckpointError, check_trained_encoders
 from ground.metrics import MomentRetrievalMetric, parse_length_buckets
 from ground.models import build_model
@@ -95,6 +100,18 @@ class GroundingModule(L.LightningModule):
         eval_max_clips: videos longer than this many clips are evaluated with sliding windows whose
             predictions are merged (None: whole videos at once).
         length_buckets: ground-truth length buckets reported beside "full", e.g. "short:0:10,middle:10:30".
+        adapter: "lora" trains a LoRA adapter on the last K blocks of one video encoder from the
+            cache's block inputs (the data module's `block_inputs` names the encoder); None
+            trains on the frozen features.
+        adapter_rank: LoRA rank r.
+        adapter_alpha: LoRA alpha (the update is scaled by alpha / r).
+        adapter_dropout: dropout on the LoRA branch's input.
+        adapter_checkpointing: recompute the adapted blocks' activations in the backward pass
+            (activation checkpointing: less memory, about one more forward pass of time).
+        adapter_weights: encoder weights of the adapted blocks; None rebuilds the cache's
+            `weights_id` (anything else must have the same id).
+        adapter_source: the adapted encoder, its block-input spec and its feature column; linked
+            from the data module (`GroundingDataModule.adapter_source`), never configured.
     """
 
     def __init__(
@@ -110,6 +127,13 @@ class GroundingModule(L.LightningModule):
         top_k: int = 10,
         eval_max_clips: int | None = None,
         length_buckets: str | None = None,
+        adapter: AdapterKind | None = None,
+        adapter_rank: int = 8,
+        adapter_alpha: float = 16.0,
+        adapter_dropout: float = 0.0,
+        adapter_checkpointing: bool = False,
+        adapter_weights: str | None = None,
+        adapter_source: dict | None = None,
     ) -> None:
         super().__init__()
         if video_dim <= 0 or text_dim <= 0:
@@ -119,14 +143,59 @@ class GroundingModule(L.LightningModule):
             )
         self.save_hyperparameters()
         self.net = build_model(name, video_dim=video_dim, text_dim=text_dim, **(hparams or {}))
+        self.adapter = self._build_adapter()
         buckets = parse_length_buckets(length_buckets) if length_buckets else ()
         self.val_metric = MomentRetrievalMetric(length_buckets=buckets)
         self.test_metric = MomentRetrievalMetric(length_buckets=buckets)
         self.encoder_record: dict | None = None
         self.lr_schedule: dict | None = None
 
+    def _build_adapter(self) -> VisualAdapter | None:
+        hp = self.hparams
+        if hp.adapter is None and hp.adapter_source is None:
+            return None
+        if hp.adapter is None:
+            raise ValueError(
+                f"--data.block_inputs {hp.adapter_source['encoder']['name']} makes batches carry block "
+                f"inputs, which only an adapter uses: add --model.adapter lora, or drop --data.block_inputs"
+            )
+        if hp.adapter not in ADAPTERS:
+            raise ValueError(f"adapter {hp.adapter!r} is not one of {ADAPTERS} (or None)")
+        if hp.adapter_source is None:
+            raise ValueError(
+                f"adapter {hp.adapter!r} trains from cached block inputs: give --data.block_inputs ENCODER "
+                "(a video encoder whose block inputs the cache holds)"
+            )
+        source = hp.adapter_source
+        return VisualAdapter(
+            EncoderSpec.from_dict(source["encoder"]),
+            BlockInputsSpec.from_dict(source["block_inputs"]),
+            int(source["column"]),
+            rank=hp.adapter_rank,
+            alpha=hp.adapter_alpha,
+            dropout=hp.adapter_dropout,
+            checkpointing=hp.adapter_checkpointing,
+            weights=hp.adapter_weights,
+        )
+
+    def video_input(self, batch: dict) -> dict:
+        """The batch a network sees: with an adapter, its embeddings replace the cached features.
+
+        Raises:
+            ValueError: the module has an adapter and the batch carries no ``block_inputs``.
+        """
+        if self.adapter is None:
+            return batch
+        if "block_inputs" not in batch:
+            raise ValueError(
+                f"this model adapts encoder {self.adapter.encoder.name!r} and needs batches with block "
+                f"inputs: build the data module with block_inputs={self.adapter.encoder.name!r}"
+            )
+        return self.adapter.video_input(batch)
+
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        batch = self.video_input(batch)
         output = self.net(batch)
         losses = self.net.loss(output, batch)
         loss = losses["loss"]
@@ -142,7 +211,7 @@ class GroundingModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         decay, no_decay = [], []
-        for name, param in self.net.named_parameters():
+        for name, param in self.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
         optimizer = torch.optim.AdamW(
@@ -166,6 +235,7 @@ class GroundingModule(L.LightningModule):
     # -- evaluation -------------------------------------------------------------------------
     def predict_batch(self, batch: dict) -> Predictions:
         """Decode top-k windows for a batch, sliding over videos longer than `eval_max_clips`."""
+        batch = self.video_input(batch)
         limit = self.hparams.eval_max_clips
         if limit is None or batch["video"].shape[1] <= limit:
             return self.net.decode(self.net(batch), batch, self.hparams.top_k)
@@ -274,6 +344,20 @@ class GroundingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain data only, so checkpoints load with torch.load(weights_only=True).
         checkpoint["groundcache"] = {"encoders": self.encoder_record, "lr_schedule": self.lr_schedule}
+        if self.adapter is not None:
+            # The frozen blocks are rebuilt from the cache's weights_id: only LoRA weights are kept.
+            keep = lora_state_keys(self.adapter, "adapter.")
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("adapter.") and k not in keep]:
+                del state[key]
+
+    def complete_state_dict(self, state_dict: dict) -> dict:
+        """Add the frozen adapter weights a checkpoint leaves out (rebuilt in `__init__`)."""
+        if self.adapter is not None:
+            for key, value in self.state_dict().items():
+                if key.startswith("adapter.") and key not in state_dict:
+                    state_dict[key] = value
+        return state_dict
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the encoder record; refuse a checkpoint whose encoders differ from the cache's.
@@ -285,6 +369,8 @@ class GroundingModule(L.LightningModule):
             EncoderMismatchError: the trainer's data module provides features of other encoders.
         """
         trained = checkpoint.get("groundcache", {}).get("encoders")
+        if "state_dict" in checkpoint:  # Lightning loads the weights after this hook
+            self.complete_state_dict(checkpoint["state_dict"])
         trainer = self._trainer
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "encoder_record"):
@@ -363,7 +449,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     except (KeyError, TypeError, ValueError) as err:  # unknown network, or arguments it rejects
         raise CheckpointError(path, f"its hyperparameters do not build a network ({err})") from err
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict(module.complete_state_dict(checkpoint["state_dict"]))
     except RuntimeError as err:
         raise CheckpointError(path, f"weights do not fit the network they were saved with ({err})") from err
     module.on_load_checkpoint(checkpoint)

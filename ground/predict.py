@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from cache_schema import CacheReader, EncoderSpec
 from cache_schema.errors import GroundcacheError
+from ground.adapter import VisualAdapter
 from ground.data import SplitTensors
 from ground.errors import (
     CheckpointError,
@@ -172,6 +173,9 @@ class Grounder:
             None reproduces the recorded weights.
         max_clips: longer videos are decoded with sliding windows of this many clips.
         presence_threshold: presence probability at and above which an event counts as found.
+        adapter: the checkpoint's visual adapter (`ground.adapter`), or None. Its LoRA update is
+            merged into its blocks, and the adapted encoder's features of a new video (or of a
+            cached one, from the cache's block inputs) are the adapter's embeddings.
     """
 
     def __init__(
@@ -185,8 +189,12 @@ class Grounder:
         weights: str | dict[str, str | None] | None = None,
         max_clips: int = DEFAULT_MAX_CLIPS,
         presence_threshold: float = UNCALIBRATED_THRESHOLD,
+        adapter: VisualAdapter | None = None,
     ) -> None:
         self.net = net.eval()
+        self.adapter = adapter
+        if adapter is not None:
+            adapter.eval().merge()
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights = weights
@@ -207,6 +215,13 @@ class Grounder:
         if cache is not None:
             self.cache = CacheReader(cache)
             check_cache_encoders(self.video_specs, self.text_spec, self.cache, checkpoint)
+            if adapter is not None:
+                cached = self.cache.block_inputs_spec(adapter.encoder.name)  # names the extract option
+                if cached != adapter.spec:
+                    raise EncoderMismatchError(
+                        f"checkpoint {checkpoint} adapts block inputs {adapter.spec.to_dict()}; cache "
+                        f"{self.cache.path} holds {cached.to_dict()}"
+                    )
             for item in self.cache.queries():
                 self._cached_texts.setdefault(item.text, item.qid)
                 if item.windows:
@@ -259,6 +274,7 @@ class Grounder:
             weights=weights,
             max_clips=module.hparams.eval_max_clips or DEFAULT_MAX_CLIPS,
             presence_threshold=threshold,
+            adapter=module.adapter,
         )
 
     # -- what is known about cached videos --------------------------------------------------------
@@ -570,6 +586,9 @@ class Grounder:
             self._extractor = FeatureExtractor.from_specs(
                 self.video_specs, self.text_spec, weights=self.weights, device=self.device
             )
+            if self.adapter is not None:
+                adapter = self.adapter
+                self._extractor.adapt_video_encoder(adapter.encoder.name, adapter, adapter.spec)
         return self._extractor
 
     def _load_video(self, video: str | os.PathLike) -> _Video:
@@ -599,9 +618,19 @@ class Grounder:
                     f"cache {reader.path}: video {vid}: timestamps of {first!r} and {spec.name!r} differ"
                 )
         features = np.concatenate(
-            [reader.video_features(vid, s.name).astype(np.float32) for s in self.video_specs], axis=1
+            [self._cached_features(vid, s).astype(np.float32) for s in self.video_specs], axis=1
         )
         return _Video(features, timestamps, reader.video_meta(vid).duration_sec, path=None)
+
+    def _cached_features(self, vid: str, spec: EncoderSpec) -> np.ndarray:
+        """(T, D) features of one encoder of a cached video; the adapter's for the adapted encoder,
+        stored as the cache would store them (the spec's dtype)."""
+        if self.adapter is None or spec.name != self.adapter.encoder.name:
+            return self.cache.video_features(vid, spec.name)
+        hidden = torch.from_numpy(self.cache.video_block_inputs(vid, spec.name)).to(self.device)  # (T, L, W)
+        with torch.inference_mode():
+            embedded = self.adapter(hidden)  # (T, D)
+        return embedded.cpu().numpy().astype(spec.numpy_dtype)
 
     def _text_features(self, queries: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(tokens (L, Dt), pooled (Dt,)) per query: cached texts are read, the others encoded."""

@@ -544,7 +544,7 @@ def build_report(
     batch = split.gather(torch.tensor([position[results[i].qid] for i in picked]))
     module.net.eval()
     with torch.no_grad(), capture_cross_attention(module.net) as maps:
-        module.net(batch)
+        module.net(module.video_input(batch))
     if maps:
         captions["cross_attention.png"] = plot_cross_attention(
             maps, batch, [results[i] for i in picked], out / "cross_attention.png"
@@ -611,9 +611,15 @@ Metrics in percent (retrieval_metrics, as <code>python -m ground test</code>).</
 
 
 def load_data(
-    data_config: str | Path | None, cache: str | Path | None, batch_size: int
+    data_config: str | Path | None,
+    cache: str | Path | None,
+    batch_size: int,
+    block_inputs: str | None = None,
 ) -> GroundingDataModule:
     """A data module from a data YAML, a cache path, or both (cache wins).
+
+    ``block_inputs`` (the encoder a checkpoint's visual adapter adapts) makes batches carry that
+    encoder's block inputs.
 
     The YAML is a full config whose `data` section holds GroundingDataModule arguments
     (ground/configs/data/*.yaml), or those arguments alone.
@@ -637,6 +643,8 @@ def load_data(
     if "cache" not in config:
         raise GroundingInputError("give --cache, or --data with a `cache:` entry")
     config["eval_batch_size"] = batch_size
+    if block_inputs is not None:
+        config["block_inputs"] = block_inputs
     try:
         return GroundingDataModule(**config)
     except TypeError as err:
@@ -666,8 +674,9 @@ def report_main(argv: list[str] | None = None) -> int:
     for flag in ("examples", "attention_samples", "timeline_k", "batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    data = load_data(args.data, args.cache, args.batch_size)
     module = load_module(args.ckpt)
+    adapted = None if module.adapter is None else module.adapter.encoder.name
+    data = load_data(args.data, args.cache, args.batch_size, block_inputs=adapted)
     names = [n.strip() for n in args.baselines.split(",") if n.strip()]
     record = build_report(
         module,

@@ -17,6 +17,10 @@ Weights: ``weights=None`` loads the registered open_clip pretrained tag (downloa
 a file path loads that checkpoint (``open_clip_pytorch_model.bin`` of the same architecture);
 ``"none"`` initialises randomly with a fixed seed, offline. ``tiny_clip`` is a 2-layer config
 bundled as ``groundcache-tiny-clip.json`` for tests and the demo; it has no pretrained weights.
+``tiny_siglip`` (``groundcache-tiny-timm-vit.json``; no "siglip" in the open_clip name, which would
+select the hub-only SigLIP tokenizer) is the SigLIP layout in small: a timm ViT trunk
+(timm's 9-block ``test_vit3``, one register token, MAP attention pooling) with a CLIP-BPE text
+tower, so tests of timm-trunk towers run offline.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from PIL import Image
 from torch import nn
 
 from cache_schema.spec import EncoderSpec
+from extract.encoders.blocks import VisualSplit, split_visual
 from extract.encoders.registry import (
     FEATURE_DTYPE,
     RANDOM_INIT,
@@ -46,7 +51,10 @@ from extract.encoders.registry import (
     warn_if_truncated,
 )
 
-BUNDLED_CONFIGS = (Path(__file__).parent / "groundcache-tiny-clip.json",)
+BUNDLED_CONFIGS = (
+    Path(__file__).parent / "groundcache-tiny-clip.json",
+    Path(__file__).parent / "groundcache-tiny-timm-vit.json",
+)
 """open_clip model configs shipped with groundcache (open_clip's JSON format; the stem is the name)."""
 CLIP_BPE_TOKENIZER = "open_clip SimpleTokenizer (CLIP BPE)"
 
@@ -169,6 +177,7 @@ class OpenClipEncoder(Encoder):
         self._preprocess = preprocess
         self._make_tokenizer = make_tokenizer
         self._tokenizer: Callable[[list[str]], torch.Tensor] | None = None
+        self._split: VisualSplit | None = None
         self._image_forward = torch.compile(self.model.encode_image) if compile else self.model.encode_image
         self._text_forward = torch.compile(self._text_tower) if compile else self._text_tower
 
@@ -184,6 +193,11 @@ class OpenClipEncoder(Encoder):
                     f"(HF_HUB_OFFLINE): {err}"
                 ) from err
         return self._tokenizer
+
+    def visual_split(self) -> VisualSplit:
+        if self._split is None:
+            self._split = split_visual(self.model.visual)
+        return self._split
 
     def preprocess_video(self, frames: np.ndarray) -> torch.Tensor:
         pixels = torch.stack([self._preprocess(Image.fromarray(frame)) for frame in frames])  # (B, 3, S, S)
@@ -261,3 +275,9 @@ def siglip2_so400m_384() -> OpenClipConfig:
 def tiny_clip() -> OpenClipConfig:
     """2-layer, 64-wide CLIP at 32x32 pixels (embed dim 32), random init with a fixed seed."""
     return OpenClipConfig(model_name="groundcache-tiny-clip", pretrained_tag=None)
+
+
+@register_encoder("tiny_siglip")
+def tiny_siglip() -> OpenClipConfig:
+    """SigLIP-shaped timm-trunk tower in small (9 blocks, 96 wide, 160 px), random init with a fixed seed."""
+    return OpenClipConfig(model_name="groundcache-tiny-timm-vit", pretrained_tag=None)

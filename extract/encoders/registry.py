@@ -18,13 +18,16 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import torch
 
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import EncoderSpec
+
+if TYPE_CHECKING:
+    from extract.encoders.blocks import VisualSplit
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Encoder:
         self.device = torch.device(device)
         self.precision: Precision = precision
         self.batch_size = batch_size
+        self._adapted_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def name(self) -> str:
@@ -115,7 +119,7 @@ class Encoder:
         with self.inference():
             for start in range(0, frames.shape[0], self.batch_size):
                 pixels = self.preprocess_video(frames[start : start + self.batch_size])
-                out = self.forward_video(pixels)  # (B, D)
+                out = (self._adapted_forward or self.forward_video)(pixels)  # (B, D)
                 outputs.append(out.float().cpu())
         features = torch.cat(outputs)  # (N, D)
         if features.shape != (frames.shape[0], spec.dim):
@@ -168,6 +172,40 @@ class Encoder:
 
     def _encode_text_batch(self, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError(f"{type(self).__name__} has no text tower")
+
+    # -- block inputs --------------------------------------------------------------------------
+
+    def adapt_tail(self, tail: Callable[[torch.Tensor], torch.Tensor], blocks: int, pool: int) -> None:
+        """Encode frames through an adapted copy of the last ``blocks`` blocks from now on.
+
+        `encode_video` then runs the tower's stem (embedding and blocks 0..N-K-1), pools the patch
+        grid by ``pool`` as the cache's block inputs were pooled, and maps the result with ``tail``
+        ((N, L, W) -> (N, D); a LoRA adapter trained on the cache, `ground.adapter`).
+
+        Raises:
+            EncoderError: K is out of range or the tower cannot be cut; names the encoder.
+        """
+        from extract.encoders.blocks import check_blocks, pool_patch_tokens  # blocks imports this module
+
+        split = self.visual_split()
+        start = check_blocks(self.name, blocks, split.depth)
+
+        def forward(pixels: torch.Tensor) -> torch.Tensor:
+            x = split.stem(pixels, start)  # (B, L, W)
+            return tail(pool_patch_tokens(x, split.prefix_tokens, split.grid, pool))  # (B, D)
+
+        self._adapted_forward = forward
+
+    def visual_split(self) -> VisualSplit:
+        """The video tower as stem, transformer blocks and head (`extract.encoders.blocks`).
+
+        Raises:
+            EncoderError: the family has no transformer blocks to cut (C3D, Hugging Face towers).
+        """
+        raise EncoderError(
+            f"encoder {self.name!r} ({type(self).__name__}) cannot store block inputs: only open_clip "
+            "ViT and timm-trunk towers can be cut before their last blocks"
+        )
 
 
 def check_frames(spec: EncoderSpec, frames: np.ndarray) -> None:
