@@ -3,6 +3,10 @@
 synthetic extract with block inputs -> `ground fit --model.adapter lora` (its loss falls) ->
 the checkpoint in every consumer: Grounder, ground-video, predict, report, export and serve.
 Answers on a raw video equal the frozen path's when the LoRA update is zero and differ when not.
+
+The tests on the trained checkpoint are `slow` (`make test-slow`: an 8-epoch LoRA fit and every
+consumer, several CPU minutes); the default suite keeps the one-line refusal of a cache without
+block inputs, and tests/ground/test_adapter.py covers the adapter itself.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ def fit(workdir: Path, cache: Path) -> tuple[Path, Path]:
     return ckpt, ckpt.parent.parent / "metrics.csv"
 
 
+@pytest.mark.slow
 def test_the_lora_fit_runs_and_its_loss_falls(fit: tuple[Path, Path]) -> None:
     _, metrics = fit
     with metrics.open() as f:
@@ -131,6 +136,7 @@ def test_the_lora_fit_runs_and_its_loss_falls(fit: tuple[Path, Path]) -> None:
     assert max(epochs) == 7 and last < 0.95 * first, f"loss by step: {losses}"
 
 
+@pytest.mark.slow
 def test_the_checkpoint_holds_only_lora_weights_of_the_adapter(fit: tuple[Path, Path]) -> None:
     checkpoint = torch.load(fit[0], weights_only=True)
     adapter = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("adapter.")}
@@ -146,6 +152,7 @@ def _answers(grounder, video: str, query: str) -> tuple[np.ndarray, float]:
     return np.array(result.windows), result.presence
 
 
+@pytest.mark.slow
 def test_raw_video_answers_equal_the_frozen_path_at_zero_update_and_differ_otherwise(
     fit: tuple[Path, Path], cache: Path, annotations: list[dict]
 ) -> None:
@@ -178,6 +185,7 @@ def test_raw_video_answers_equal_the_frozen_path_at_zero_update_and_differ_other
     )
 
 
+@pytest.mark.slow
 def test_ground_video_on_a_file_and_a_cached_id_agree(
     fit: tuple[Path, Path], workdir: Path, cache: Path, annotations: list[dict]
 ) -> None:
@@ -204,6 +212,7 @@ def test_ground_video_on_a_file_and_a_cached_id_agree(
     assert answers[1]["presence"] == pytest.approx(answers[0]["presence"], abs=2e-2)
 
 
+@pytest.mark.slow
 def test_predict_report_and_export_load_the_checkpoint(
     fit: tuple[Path, Path], workdir: Path, cache: Path, annotations: list[dict]
 ) -> None:
@@ -253,6 +262,7 @@ def test_predict_report_and_export_load_the_checkpoint(
     assert adapter["block_inputs"]["blocks"] == 1 and "grounding head only" in adapter["note"]
 
 
+@pytest.mark.slow
 def test_serve_answers_with_the_adapter(fit: tuple[Path, Path], cache: Path, annotations: list[dict]) -> None:
     from fastapi.testclient import TestClient
 
