@@ -2,6 +2,8 @@
 
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import (
+    GROWN_SCHEMA_VERSION,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     BlockInputsSpec,
     CacheReadError,
@@ -16,6 +18,8 @@ from cache_schema.store import CacheReader, CacheWriter, SplitArrays, VideoMeta
 from cache_schema.validate import inspect, validate
 
 __all__ = [
+    "GROWN_SCHEMA_VERSION",
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "BlockInputsSpec",
     "CacheReadError",

@@ -16,8 +16,20 @@ import numpy as np
 from cache_schema.errors import GroundcacheError
 
 SCHEMA_VERSION = "1.3.0"
-"""Semantic version of the on-disk layout. Readers accept any cache with the same major whose
-``min_reader_version`` (when present) is not newer than this."""
+"""Semantic version of the on-disk layout this code writes to a new cache (docs/cache_schema.md)."""
+
+GROWN_SCHEMA_VERSION = "2.0.0"
+"""``schema_version`` (and ``min_reader_version``) of a cache once an encoder was added to it.
+
+Readers of 1.0.0 and 1.1.0 compare major versions only and would fail on an added encoder's
+arrays with a missing-array error; a major version they do not know makes them refuse the cache
+in one line naming both versions instead. Everything else in the layout is that of
+`SCHEMA_VERSION`."""
+
+READABLE_VERSIONS: dict[str, str] = {"1": SCHEMA_VERSION, "2": GROWN_SCHEMA_VERSION}
+"""Major version -> the newest schema of that major this code reads. A cache is read when its
+major is here and its ``min_reader_version`` (when present) is not newer than the entry of that
+version's major."""
 
 Modality = Literal["video", "text"]
 MODALITIES: tuple[Modality, ...] = ("video", "text")

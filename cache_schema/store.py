@@ -48,6 +48,8 @@ import numpy as np
 
 from cache_schema.backends import NotAStoreError, Store, create_store, remove_store
 from cache_schema.spec import (
+    GROWN_SCHEMA_VERSION,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     BlockInputsSpec,
     EncoderNotCommittedError,
@@ -68,8 +70,8 @@ WriteMode = Literal["resume", "overwrite", "create"]
 Uncovered = Literal["error", "skip"]
 
 INDEXED_SINCE = "1.2.0"
-"""Schema version that introduced indexed (added) encoders; written as ``min_reader_version`` by
-the first `CacheWriter.add_encoder`, because a reader that does not know them would misread them."""
+"""Schema version that introduced indexed (added) encoders. Since 1.3.0 a cache with one is
+written as `GROWN_SCHEMA_VERSION`, so that readers older than 1.2.0 refuse it by its major."""
 
 
 BLOCK_INPUTS_SINCE = "1.3.0"
@@ -162,25 +164,31 @@ def check_version(path: str | os.PathLike, found: str | None, min_reader: str | 
         path: The cache, for the message.
         found: Its ``schema_version``.
         min_reader: Its ``min_reader_version`` (None when absent): the oldest schema a reader
-            must know to read it correctly (written once an encoder was added, see `INDEXED_SINCE`).
+            must know to read it correctly (written with block inputs, and once an encoder was
+            added, see `GROWN_SCHEMA_VERSION`).
 
     Raises:
-        SchemaVersionError: The major versions differ, or ``min_reader`` is newer than `SCHEMA_VERSION`.
+        SchemaVersionError: Its major is not in `READABLE_VERSIONS`, or ``min_reader`` is newer
+            than what this code reads of that major.
         SchemaError: No ``schema_version`` at all.
     """
     if not found:
         raise SchemaError(f"{path}: not a groundcache store (no schema_version attribute)")
-    ours, theirs = SCHEMA_VERSION.split(".")[0], str(found).split(".")[0]
-    if ours != theirs:
+    readable = " and ".join(READABLE_VERSIONS.values())
+    theirs = str(found).split(".")[0]
+    if theirs not in READABLE_VERSIONS:
         raise SchemaVersionError(
             f"{path}: cache schema version {found} is not readable by this groundcache "
-            f"(schema {SCHEMA_VERSION}); major versions {theirs} and {ours} differ"
+            f"(it reads schema {readable}); major version {theirs} is not one of "
+            f"{', '.join(READABLE_VERSIONS)}"
         )
-    if min_reader is not None and _version_tuple(min_reader) > _version_tuple(SCHEMA_VERSION):
-        raise SchemaVersionError(
-            f"{path}: cache schema version {found} needs a reader of schema {min_reader} or newer; "
-            f"this groundcache reads schema {SCHEMA_VERSION}"
-        )
+    if min_reader is not None:
+        newest = READABLE_VERSIONS.get(str(min_reader).split(".")[0])
+        if newest is None or _version_tuple(min_reader) > _version_tuple(newest):
+            raise SchemaVersionError(
+                f"{path}: cache schema version {found} needs a reader of schema {min_reader} or "
+                f"newer; this groundcache reads schema {readable}"
+            )
 
 
 def open_store(path: str | os.PathLike, mode: Literal["r", "r+"], compression: str | None = None) -> Store:
@@ -685,9 +693,10 @@ class CacheWriter:
         self._covered[spec.modality][spec.name] = set()
         self._ends[index] = 0
         self._commit()
-        s.set_attr("schema_version", SCHEMA_VERSION)
-        if _version_tuple(s.get_attr("min_reader_version") or "0.0.0") < _version_tuple(INDEXED_SINCE):
-            s.set_attr("min_reader_version", INDEXED_SINCE)  # never lowered (block inputs need 1.3.0)
+        # A major older readers refuse by name (`GROWN_SCHEMA_VERSION`); never lowered.
+        s.set_attr("schema_version", GROWN_SCHEMA_VERSION)
+        if _version_tuple(s.get_attr("min_reader_version") or "0.0.0") < _version_tuple(GROWN_SCHEMA_VERSION):
+            s.set_attr("min_reader_version", GROWN_SCHEMA_VERSION)
         table[spec.modality][spec.name] = spec.to_dict()
         s.set_attr("encoders", table)
         s.flush()

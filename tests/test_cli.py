@@ -184,7 +184,7 @@ def test_extract_merge_without_shards_is_one_line(tmp_path: Path, capsys) -> Non
 def _other_major(src: Path, dst: Path) -> Path:
     shutil.copy(src, dst)
     store = Store(dst, "r+")
-    store.set_attr("schema_version", "2.0.0")
+    store.set_attr("schema_version", "3.0.0")
     store.close()
     return dst
 
@@ -267,7 +267,7 @@ def test_ground_lightning_commands_on_a_bad_cache(
     line = one_error_line(capsys)
     assert str(bad) in line
     if kind == "other_major":
-        assert "2.0.0" in line and "major versions 2 and 1 differ" in line
+        assert "3.0.0" in line and "major version 3 is not one of 1, 2" in line
     else:
         assert "cannot be opened as an HDF5 store" in line
     assert not (tmp_path / "pred.jsonl").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cache_schema import (
+    GROWN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     BlockInputsSpec,
     CacheReader,
@@ -131,4 +132,4 @@ def test_growing_a_cache_with_block_inputs_keeps_its_min_reader_version(cache_pa
     with CacheWriter(cache_path, dataset="d", encoders=None, mode="resume") as w:
         w.add_encoder(EncoderSpec(**{**fake_encoders()[0].to_dict(), "name": "added"}))
     with CacheReader(cache_path) as r:
-        assert r.min_reader_version == "1.3.0" and "added" in r.added_encoders["video"]
+        assert r.min_reader_version == GROWN_SCHEMA_VERSION and "added" in r.added_encoders["video"]

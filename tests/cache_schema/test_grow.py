@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cache_schema import (
+    GROWN_SCHEMA_VERSION,
     SCHEMA_VERSION,
     CacheReader,
     CacheWriter,
@@ -74,7 +75,7 @@ def test_add_encoders_partially_reads_only_committed_items(cache_path: Path, cap
     assert {n: after[n] for n in before} == before  # existing arrays untouched, byte for byte
     assert validate(cache_path) == []
     with CacheReader(cache_path) as r:
-        assert r.schema_version == SCHEMA_VERSION and r.min_reader_version == "1.2.0"
+        assert r.schema_version == r.min_reader_version == GROWN_SCHEMA_VERSION
         assert r.coverage() == {
             "video": {"fake_video0": 6, "added_video": 4},
             "text": {"fake_text": 12, "added_text": 5},
@@ -96,7 +97,8 @@ def test_add_encoders_partially_reads_only_committed_items(cache_path: Path, cap
         np.testing.assert_array_equal(r.query_tokens(qids[2], "added_text"), np.full((3, 6), 3.0))
         assert sorted(r.query(qids[6]).tokens) == ["fake_text"]
     info = inspect(cache_path)
-    assert info["coverage"]["video"]["added_video"] == 4 and info["min_reader_version"] == "1.2.0"
+    assert info["coverage"]["video"]["added_video"] == 4
+    assert info["min_reader_version"] == GROWN_SCHEMA_VERSION
     assert cache_main(["inspect", str(cache_path)]) == 0
     assert "4/6" in capsys.readouterr().out
 
@@ -223,8 +225,33 @@ def test_older_caches_read_unchanged_and_grow(cache_path: Path, version: str, st
     _grow(cache_path, n_video=3, n_text=None)
     assert validate(cache_path) == []
     with CacheReader(cache_path) as r:
-        assert r.schema_version == SCHEMA_VERSION and r.min_reader_version == "1.2.0"
+        assert r.schema_version == GROWN_SCHEMA_VERSION and r.min_reader_version == GROWN_SCHEMA_VERSION
         assert r.coverage()["video"]["added_video"] == 3
+
+
+def _check_version_of_a_1_1_reader(found: str) -> None:
+    """`check_version` as readers of schema 1.0.0 and 1.1.0 shipped it: the major, nothing else.
+
+    From `git show 5357600:cache_schema/store.py`, message and all.
+    """
+    ours, theirs = "1.1.0".split(".")[0], str(found).split(".")[0]
+    if ours != theirs:
+        raise SchemaVersionError(
+            f"cache schema version {found} is not readable by this groundcache "
+            f"(schema 1.1.0); major versions {theirs} and {ours} differ"
+        )
+
+
+def test_readers_before_grown_caches_refuse_one_naming_both_versions(cache_path: Path) -> None:
+    """A 1.1.0 reader failed on an added encoder with a KeyError; now its version check refuses."""
+    write_fake_cache(cache_path, n_videos=3)
+    with CacheReader(cache_path) as r:
+        _check_version_of_a_1_1_reader(r.schema_version)  # a plain cache: still read by old readers
+    _grow(cache_path, n_video=1, n_text=1)
+    with CacheReader(cache_path) as r:
+        found = r.schema_version
+    with pytest.raises(SchemaVersionError, match=r"version 2\.0\.0 is not readable .*\(schema 1\.1\.0\)"):
+        _check_version_of_a_1_1_reader(found)
 
 
 def test_a_newer_min_reader_version_is_refused_naming_both(cache_path: Path) -> None:

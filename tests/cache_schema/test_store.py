@@ -222,11 +222,11 @@ def test_inspect(cache_path: Path, backend: str, capsys) -> None:
 def test_version_guard_names_both_versions(cache_path: Path) -> None:
     write_fake_cache(cache_path, n_videos=1)
     store = Store(cache_path, "r+")
-    store.set_attr("schema_version", "2.0.0")
+    store.set_attr("schema_version", "3.0.0")
     store.close()
-    with pytest.raises(SchemaVersionError, match=rf"2\.0\.0.*schema {SCHEMA_VERSION}"):
+    with pytest.raises(SchemaVersionError, match=rf"3\.0\.0 .*reads schema {SCHEMA_VERSION} and 2\.0\.0"):
         CacheReader(cache_path)
-    assert "2.0.0" in validate(cache_path)[0]
+    assert "3.0.0" in validate(cache_path)[0]
 
 
 def test_resume_refuses_other_encoders(cache_path: Path) -> None:
