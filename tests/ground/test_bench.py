@@ -128,3 +128,18 @@ def test_an_unknown_model_is_one_line_naming_it(tmp_path: Path, capsys: pytest.C
         bench.main([*TINY, "--model", "nope", "--workdir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "--model 'nope'" in capsys.readouterr().err
+
+
+def test_zoo_table_has_a_samples_per_second_column() -> None:
+    from ground.zoo import table
+
+    rows = [
+        {"model": "span", "trainable": True, "params": 6.5e6, "train_sec": 12.0, "epochs": 2,
+         "samples_per_sec": 8.94, "MR-full-R1@0.5": 50.0},
+        {"model": "prior", "trainable": False, "params": 0, "train_sec": 0.0, "epochs": 0,
+         "samples_per_sec": None, "MR-full-R1@0.5": 10.0},
+    ]
+    lines = table(rows, Path("/tmp/cache.h5"), "test machine").splitlines()
+    header = [cell.strip() for cell in lines[2].split("|")]
+    column = header.index("train samples/s (QVHighlights shape)")
+    assert [line.split("|")[column].strip() for line in lines[4:]] == ["8.9", "-"]
