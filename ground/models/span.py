@@ -237,7 +237,7 @@ class SpanNet(nn.Module):
             vids = list(batch["vid"])
             rolled_vids = vids[-1:] + vids[:-1]
             output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled_mask)  # (M,)
-            # Compared on the host, copied without waiting for the device (no sync in the step).
+            # Compared on the host; the copy to the device does not wait for queued device work.
             valid = torch.tensor([v != r for v, r in zip(vids[:n_neg], rolled_vids[:n_neg], strict=True)])
             output["negative_valid"] = valid.to(video_mask.device, non_blocking=True)  # (M,)
         return output
@@ -282,7 +282,7 @@ class SpanNet(nn.Module):
 
         With negatives for M of the B queries, each negative weighs B / M, so the two classes
         keep the weight they had with a negative per query (M = B is the plain mean over the B
-        positives and the valid negatives). Masked, not indexed, so the step needs no host sync.
+        positives and the valid negatives). Masked, not boolean-indexed, so it needs no host sync.
         """
         logits = output["presence_logit"]  # (B,)
         positive = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
