@@ -207,6 +207,38 @@ class SplitTensors:
         }
 
 
+PER_CLIP_KEYS = ("video", "video_mask", "timestamps", "saliency", "saliency_mask")
+"""Batch keys with a clip axis (dim 1), padded by `pad_clips`."""
+
+
+def pad_clips(batch: dict, multiple: int) -> dict:
+    """The batch with T padded up to a multiple of `multiple`, so a compiled network sees few shapes.
+
+    Padding clips are what the collate already puts past a short video: zero features, zero
+    timestamps, zero saliency, False in both masks. Every network masks them out, so outputs on
+    real clips do not change (tests/ground/test_bench.py checks `span`'s loss).
+
+    Args:
+        batch: the batch dict of `SplitTensors.gather` (docs/architecture.md), T clips.
+        multiple: clip bucket, >= 1.
+
+    Returns:
+        A new dict; the per-clip tensors (`PER_CLIP_KEYS`) have ``ceil(T / multiple) * multiple`` clips.
+    """
+    if multiple < 1:
+        raise ValueError(f"pad_clips: multiple must be >= 1, got {multiple}")
+    t = batch["video"].shape[1]
+    extra = -t % multiple
+    if not extra:
+        return batch
+    padded = dict(batch)
+    for key in PER_CLIP_KEYS:
+        value = batch[key]
+        pad = value.new_zeros((value.shape[0], extra, *value.shape[2:]))  # zeros / False
+        padded[key] = torch.cat([value, pad], dim=1)  # (B, T', ...)
+    return padded
+
+
 def _saliency_per_feature(arrays: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
     """Map each query's clip-grid saliency (mean over annotators) onto its video's features."""
     q = len(arrays.qids)

@@ -14,6 +14,8 @@ L tokens, D hidden, W ground-truth windows, K predicted windows. Masks are True 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,6 +104,7 @@ class SpanNet(nn.Module):
         presence_weight: float = 1.0,
         saliency_weight: float = 1.0,
         saliency_margin: float = 0.2,
+        presence_negative_fraction: float = 0.25,
     ) -> None:
         """Build the network.
 
@@ -123,6 +126,9 @@ class SpanNet(nn.Module):
             presence_weight: weight of the presence binary cross-entropy.
             saliency_weight: weight of the saliency ranking loss.
             saliency_margin: margin of the saliency hinge losses.
+            presence_negative_fraction: fraction of each training batch, in (0, 1], whose query is
+                also paired with another video for a presence negative (1.0: every query). Each
+                negative costs a second pass through the fusion layers; see docs/benchmarks.md.
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -135,6 +141,10 @@ class SpanNet(nn.Module):
             raise ValueError(f"span: max_span_fraction must be in (0, 1], got {max_span_fraction}")
         if max_span_sec is not None and max_span_sec <= 0:
             raise ValueError(f"span: max_span_sec must be positive or None, got {max_span_sec}")
+        if not 0.0 < presence_negative_fraction <= 1.0:
+            raise ValueError(
+                f"span: presence_negative_fraction must be in (0, 1], got {presence_negative_fraction}"
+            )
         if boundary_sigma_clips <= 0:
             raise ValueError(f"span: boundary_sigma_clips must be positive, got {boundary_sigma_clips}")
         self.video_dim = video_dim
@@ -147,6 +157,7 @@ class SpanNet(nn.Module):
         self.presence_weight = presence_weight
         self.saliency_weight = saliency_weight
         self.saliency_margin = saliency_margin
+        self.presence_negative_fraction = presence_negative_fraction
 
         self.video_proj = Projection(video_dim, hidden_dim, dropout)
         self.text_proj = Projection(text_dim, hidden_dim, dropout)
@@ -164,17 +175,24 @@ class SpanNet(nn.Module):
 
     # ---- network -----------------------------------------------------------------------------
 
-    def fuse(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor,
-             text: Tensor, text_mask: Tensor) -> Tensor:
-        """Query-aware clip features. video (B, T, Dv), text (B, L, Dt) -> (B, T, D)."""
+    def encode_video(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor) -> Tensor:
+        """The video branch, which does not see the query. video (B, T, Dv) -> (B, T, D)."""
         x = self.video_proj(video) * video_mask.unsqueeze(-1)  # (B, T, D)
         for conv in self.convs:
             x = conv(x, video_mask)  # (B, T, D)
-        x = x + self.position(timestamps, duration).to(x.dtype)  # (B, T, D)
-        text = self.text_proj(text)  # (B, L, D)
+        return x + self.position(timestamps, duration).to(x.dtype)  # (B, T, D)
+
+    def attend(self, clips: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """Clips read the projected query. clips (B, T, D), text (B, L, D) projected -> (B, T, D)."""
         for layer in self.layers:
-            x = layer(x, video_mask, text, text_mask)  # (B, T, D)
-        return self.final_norm(x)
+            clips = layer(clips, video_mask, text, text_mask)  # (B, T, D)
+        return self.final_norm(clips)
+
+    def fuse(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor,
+             text: Tensor, text_mask: Tensor) -> Tensor:
+        """Query-aware clip features. video (B, T, Dv), text (B, L, Dt) -> (B, T, D)."""
+        clips = self.encode_video(video, video_mask, timestamps, duration)  # (B, T, D)
+        return self.attend(clips, video_mask, self.text_proj(text), text_mask)
 
     def presence_logit(self, frames: Tensor, video_mask: Tensor) -> Tensor:
         """frames (B, T, D) -> (B,) logit that the query's event is in the video."""
@@ -185,19 +203,23 @@ class SpanNet(nn.Module):
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """Per-clip start/end/saliency scores and the presence logit.
 
-        In training mode the query is also paired with the previous video of the batch (a roll
-        by one along B) for the presence negatives; pairs that happen to share a video id are
-        flagged in ``negative_valid`` and left out of the loss.
+        In training mode the first ``ceil(presence_negative_fraction * B)`` queries are also
+        paired with the previous video of the batch (a roll by one along B) for the presence
+        negatives; pairs that happen to share a video id are flagged in ``negative_valid`` and
+        left out of the loss. The video branch does not see the query, so the negatives reuse
+        the rolled clip features and only the fusion layers run again, on those M queries.
 
         Returns:
             ``start_logits``, ``end_logits``, ``saliency`` (B, T) with ``-inf`` on padding,
-            ``presence_logit`` (B,), and in training ``presence_logit_negative`` (B,) and
-            ``negative_valid`` (B,) bool.
+            ``presence_logit`` (B,), and in training ``presence_logit_negative`` (M,) and
+            ``negative_valid`` (M,) bool.
         """
         self._check_batch(batch)
         video_mask, text_mask = batch["video_mask"], batch["text_mask"]
-        frames = self.fuse(batch["video"], video_mask, batch["timestamps"], batch["duration"],
-                           batch["text"], text_mask)  # (B, T, D)
+        clips = self.encode_video(batch["video"], video_mask, batch["timestamps"],
+                                  batch["duration"])  # (B, T, D)
+        text = self.text_proj(batch["text"])  # (B, L, D)
+        frames = self.attend(clips, video_mask, text, text_mask)  # (B, T, D)
         padding = ~video_mask.unsqueeze(-1)  # (B, T, 1)
         span_logits = self.span_head(frames).masked_fill(padding, float("-inf"))  # (B, T, 2)
         saliency = self.saliency_head(frames).squeeze(-1).masked_fill(~video_mask, float("-inf"))  # (B, T)
@@ -208,16 +230,16 @@ class SpanNet(nn.Module):
             "presence_logit": self.presence_logit(frames, video_mask),
         }
         if self.training:
-            video_keys = ("video", "video_mask", "timestamps", "duration")
-            rolled = {key: batch[key].roll(1, dims=0) for key in video_keys}
-            negative_frames = self.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"],
-                                        rolled["duration"], batch["text"], text_mask)  # (B, T, D)
+            n_neg = math.ceil(self.presence_negative_fraction * len(clips))
+            rolled_mask = video_mask.roll(1, dims=0)[:n_neg]  # (M, T)
+            negative_frames = self.attend(clips.roll(1, dims=0)[:n_neg], rolled_mask,
+                                          text[:n_neg], text_mask[:n_neg])  # (M, T, D)
             vids = list(batch["vid"])
             rolled_vids = vids[-1:] + vids[:-1]
-            output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled["video_mask"])
-            output["negative_valid"] = torch.tensor(
-                [v != r for v, r in zip(vids, rolled_vids, strict=True)], device=video_mask.device
-            )
+            output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled_mask)  # (M,)
+            # Compared on the host; the copy to the device does not wait for queued device work.
+            valid = torch.tensor([v != r for v, r in zip(vids[:n_neg], rolled_vids[:n_neg], strict=True)])
+            output["negative_valid"] = valid.to(video_mask.device, non_blocking=True)  # (M,)
         return output
 
     def _check_batch(self, batch: dict) -> None:
@@ -256,14 +278,23 @@ class SpanNet(nn.Module):
         return ((start_ce + end_ce) / 2).mean()
 
     def _presence_loss(self, output: dict[str, Tensor]) -> Tensor:
-        """Binary cross-entropy: the query's own video is a positive, a rolled-in video a negative."""
+        """Binary cross-entropy: the query's own video is a positive, a rolled-in video a negative.
+
+        With negatives for M of the B queries, each negative weighs B / M, so the two classes
+        keep the weight they had with a negative per query (M = B is the plain mean over the B
+        positives and the valid negatives). Masked, not boolean-indexed, so it needs no host sync.
+        """
         logits = output["presence_logit"]  # (B,)
-        labels = torch.ones_like(logits)
-        if "presence_logit_negative" in output:
-            valid = output["negative_valid"]
-            logits = torch.cat([logits, output["presence_logit_negative"][valid]])
-            labels = torch.cat([labels, torch.zeros_like(logits[len(labels):])])
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        positive = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+        if "presence_logit_negative" not in output:
+            return positive.mean()
+        negative_logits = output["presence_logit_negative"]  # (M,)
+        valid = output["negative_valid"].to(negative_logits.dtype)  # (M,)
+        negative = F.binary_cross_entropy_with_logits(
+            negative_logits, torch.zeros_like(negative_logits), reduction="none"
+        )  # (M,)
+        weight = len(logits) / len(negative_logits)
+        return (positive.sum() + weight * (negative * valid).sum()) / (len(logits) + weight * valid.sum())
 
     def _saliency_loss(self, scores: Tensor, batch: dict) -> Tensor:
         """Margin ranking on the clips of videos whose saliency is labelled.

@@ -314,7 +314,7 @@ def test_span_decode_respects_max_span_in_seconds_and_as_fraction() -> None:
 
 
 def test_span_presence_negatives_pair_each_query_with_the_previous_video() -> None:
-    model = tiny_span().train()
+    model = tiny_span(presence_negative_fraction=1.0).train()
     batch = make_batch([6, 8, 5])
     batch["vid"] = ["v0", "v0", "v1"]  # two queries of one video: that pair is no negative
     output = model(batch)
