@@ -262,7 +262,7 @@ class SpanNet(nn.Module):
             video_keys = ("video", "video_mask", "timestamps", "duration")
             rolled = {key: batch[key].roll(1, dims=0) for key in video_keys}
             _, negative_frames = self.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"],
-                                        rolled["duration"], batch["text"], text_mask)  # (B, T, D)
+                                           rolled["duration"], batch["text"], text_mask)  # (B, T, D)
             vids = list(batch["vid"])
             rolled_vids = vids[-1:] + vids[:-1]
             output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled["video_mask"])
