@@ -54,6 +54,8 @@ SHUFFLED = " (video shuffled)"
 """Suffix of a control row: the model trained and evaluated on videos shuffled across queries."""
 Protocol = Literal["qvhighlights", "recall"]
 OFFICIAL_CLIP_SEC = 2.0  # QVHighlights saliency is labelled per 2-s clip
+NO_SALIENCY = "no saliency"
+"""The highlight (HL-) cells of a model whose `Predictions.saliency` is None."""
 
 
 class BenchError(RuntimeError):
@@ -87,6 +89,8 @@ VARIANTS: dict[str, BenchVariant] = {
             "MR-full-R1@0.7",
             "MR-full-mAP",
             "MR-full-mIoU",
+            "HL-min-Fair-mAP",
+            "HL-min-Good-mAP",
             "HL-min-VeryGood-mAP",
             "HL-min-VeryGood-Hit1",
         ),
@@ -440,7 +444,9 @@ def train_and_track(
         metrics = evaluate(module, data, labels, protocol)
         points.append(EvalPoint(label or name, True, train_sec, wall_sec, epochs, steps, metrics))
         shown = ", ".join(
-            f"{k} {v:.1f}" for k, v in metrics.items() if k in ("MR-full-R1@0.5", "MR-full-mIoU")
+            f"{k} {v:.1f}"
+            for k, v in metrics.items()
+            if k in ("MR-full-R1@0.5", "MR-full-mIoU", "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1")
         )
         print(
             f"  {label or name}: {train_sec / 60:.1f} CPU min ({wall_sec / 60:.1f} wall), "
@@ -501,7 +507,11 @@ def evaluate_baseline(
 
 
 def table(points: Sequence[EvalPoint], columns: Sequence[str], header: str) -> str:
-    """Markdown table, one row per evaluation: model, training CPU and wall minutes, epochs, the columns."""
+    """Markdown table, one row per evaluation: model, training CPU and wall minutes, epochs, the columns.
+
+    A highlight (HL-) column of a model without saliency output reads `no saliency`; any other
+    missing value reads `-`.
+    """
     lines = [
         header,
         "",
@@ -515,9 +525,19 @@ def table(points: Sequence[EvalPoint], columns: Sequence[str], header: str) -> s
             if p.trainable
             else ("-", "-", "-")
         )
-        cells = [f"{p.metrics[c]:.1f}" if c in p.metrics else "-" for c in columns]
+        cells = [_cell(p.metrics, c) for c in columns]
         lines.append(f"| {p.model}{kind} | " + " | ".join([*when, *cells]) + " |")
     return "\n".join(lines)
+
+
+def _cell(metrics: dict[str, float], column: str) -> str:
+    if column in metrics:
+        return f"{metrics[column]:.1f}"
+    # `evaluate` scores highlights for every network that predicts saliency, so a missing HL key
+    # on the QVHighlights protocol means the network has no saliency output.
+    if column.startswith("HL-") and not any(k.startswith("HL-") for k in metrics):
+        return NO_SALIENCY
+    return "-"
 
 
 def plot(points: Sequence[EvalPoint], metric: str, path: Path, title: str) -> None:

@@ -6,6 +6,11 @@ README.md, so it is never typed by hand. The samples/s column is `python -m grou
 measurement (batch 32, T = 75, 2,816-d video, 32 x 512 text, float32, this process's threads)
 on a 256-query cache of that shape written once under data/bench/. The synthetic
 cache comes from `make demo` (or `python -m extract --config extract/configs/synthetic.yaml`).
+
+Highlight detection (HD) is reported beside moment retrieval (MR). The synthetic set has no
+annotator saliency scores, so HD is scored against window membership: a clip whose centre lies
+inside one of the query's windows is a highlight (`window_highlight_metrics`). A model without a
+saliency output gets "no saliency" in those cells.
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 
 from ground.bench import Shape, ensure_cache, measure_model
 from ground.data import GroundingDataModule, SplitTensors
+from ground.metrics import highlight_average_precision
 from ground.models import list_models, trainable_models
+from ground.models.blocks import clips_in_windows
 from ground.module import GroundingModule
 
 REPO = Path(__file__).resolve().parents[1]
-COLUMNS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-R5@0.5", "MR-full-mIoU", "MR-full-mAP")
+MR_COLUMNS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-R5@0.5", "MR-full-mIoU", "MR-full-mAP")
+HD_COLUMNS = ("HD-window-mAP", "HD-window-Hit1")
+COLUMNS = MR_COLUMNS + HD_COLUMNS
+NO_SALIENCY = "no saliency"
+"""The HD cells of a model whose `Predictions.saliency` is None."""
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 
 
@@ -71,6 +83,7 @@ def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, 
     tester = L.Trainer(
         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False
     )
+    # test() loads the best checkpoint into `module`, so the HD pass below scores the same weights.
     metrics = tester.test(module, datamodule=data, ckpt_path=ckpt, verbose=False)[0]
     samples_per_sec = None
     if speed is not None and name in trainable_models():
@@ -83,13 +96,55 @@ def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, 
         "samples_per_sec": samples_per_sec,
         "epochs": epochs if name in trainable_models() else 0,
         **{k.removeprefix("test/"): float(v) for k, v in metrics.items()},
+        **(window_highlight_metrics(module, data) or {}),
     }
+
+
+@torch.no_grad()
+def window_highlight_metrics(module: GroundingModule, data: GroundingDataModule) -> dict[str, float] | None:
+    """Highlight detection on the test split against window membership, or None without saliency.
+
+    A clip (feature) is a highlight when its centre lies inside one of the query's ground-truth
+    windows. Per query, over its real clips: the official QVHighlights clip AP
+    (`highlight_average_precision`) of the predicted saliency against those labels, and Hit1,
+    whether the top-scored clip (the first of equal scores) is a highlight. Queries without a
+    window are left out.
+
+    Returns:
+        ``HD-window-mAP`` and ``HD-window-Hit1`` in percent, averaged over queries (NaN when no
+        test query has a window); None when the network predicts no saliency
+        (``Predictions.saliency`` is None).
+    """
+    was_training = module.training
+    module.eval()
+    ap, hit = [], []
+    for batch in data.test_dataloader():
+        batch = data.transfer_batch_to_device(batch, module.device, 0)
+        preds = module.predict_batch(batch)
+        if preds.saliency is None:
+            module.train(was_training)
+            return None
+        inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])  # (B, T)
+        for i in range(len(batch["qid"])):
+            if not batch["window_mask"][i].any():
+                continue
+            n = int(batch["video_mask"][i].sum())
+            scores = preds.saliency[i, :n].double().cpu().numpy()  # (n,)
+            labels = inside[i, :n].double().cpu().numpy()  # (n,)
+            ap.append(highlight_average_precision(labels, scores))
+            hit.append(labels[int(np.argmax(scores))])
+    module.train(was_training)
+    if not ap:  # no query with a window: nothing to score, which is not "no saliency"
+        return {"HD-window-mAP": float("nan"), "HD-window-Hit1": float("nan")}
+    return {"HD-window-mAP": 100.0 * float(np.mean(ap)), "HD-window-Hit1": 100.0 * float(np.mean(hit))}
 
 
 def table(rows: list[dict], cache: Path, machine: str) -> str:
     lines = [
         f"Synthetic test split, cache `{cache.relative_to(REPO) if cache.is_relative_to(REPO) else cache}`, "
-        f"{machine}. Produced by `make zoo`; do not edit by hand.",
+        f"{machine}. Produced by `make zoo`; do not edit by hand. MR: moment retrieval; HD: highlight "
+        "detection against window membership (a clip inside a window is a highlight; the synthetic set "
+        f"has no annotator saliency), `{NO_SALIENCY}` where the model predicts none.",
         "",
         "| model | params | train time | train samples/s (QVHighlights shape) | "
         + " | ".join(COLUMNS)
@@ -103,10 +158,16 @@ def table(rows: list[dict], cache: Path, machine: str) -> str:
         speed_cell = f"{speed:.1f}" if speed is not None else "-"
         lines.append(
             f"| {r['model']}{kind} | {r['params'] / 1e6:.2f} M | {time_cell} | {speed_cell} | "
-            + " | ".join(f"{r.get(c, float('nan')):.1f}" for c in COLUMNS)
+            + " | ".join(_cell(r, c) for c in COLUMNS)
             + " |"
         )
     return "\n".join(lines)
+
+
+def _cell(row: dict, column: str) -> str:
+    if column in HD_COLUMNS and column not in row:
+        return NO_SALIENCY
+    return f"{row.get(column, float('nan')):.1f}"
 
 
 def write_between_markers(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:

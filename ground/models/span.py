@@ -6,7 +6,10 @@ and a fractional positional encoding, let clips read the query through layers of
 cross-attention (clips -> query tokens) and self-attention (clips -> clips), then score each
 clip as the start and the end of the moment (BERT-SQuAD style). Two side heads: presence (is
 the event in this video at all), trained against the query paired with another video of the
-batch, and per-clip saliency (highlight detection), trained with margin ranking losses.
+batch, and per-clip saliency (highlight detection). The saliency head reads the clip context
+before the fusion layers, matched against the query, and is trained with margin ranking inside
+each video plus a binary cross-entropy over every clip of the batch (docs/models.md, "Why span's
+saliency lost to the probe").
 
 Read top to bottom: blocks, the network, its loss, its decoder. Shapes: B batch, T clips,
 L tokens, D hidden, W ground-truth windows, K predicted windows. Masks are True where real.
@@ -76,6 +79,47 @@ class FusionLayer(nn.Module):
         return self.ffn(frames)
 
 
+class QuerySaliencyHead(nn.Module):
+    """Per-clip saliency: each clip's context feature against a direction chosen by the query.
+
+    ``s_t = c_t . (W q + b) / sqrt(D)``, with ``c_t`` the clip's context (projection and conv
+    stack, before positions and fusion) and ``q`` the mean of the projected query tokens. A
+    bilinear read-out like the `probe`'s, on features one conv stack away from the frozen ones:
+    the fused features after the span-oriented layers learned saliency more slowly
+    (docs/models.md).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+
+    def forward(self, context: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """context (B, T, D), text (B, L, D) projected tokens -> (B, T) scores, ``-inf`` on padding."""
+        direction = self.query(masked_mean(text, text_mask))  # (B, D)
+        scores = torch.einsum("btd,bd->bt", context, direction) / context.shape[-1] ** 0.5  # (B, T)
+        return scores.masked_fill(~video_mask, float("-inf"))
+
+
+def clip_window_bce(scores: Tensor, inside: Tensor, scored: Tensor) -> Tensor:
+    """Binary cross-entropy of every scored clip of the batch against "inside a ground-truth window".
+
+    All clips of the batch share one mean, so a clip is judged on one logit scale with the clips
+    of the other videos, not only ranked against the clips of its own video as the hinge terms
+    do; it costs O(B T), no pairs.
+
+    Args:
+        scores: (B, T) saliency logits; entries outside ``scored`` are ignored (may be ``-inf``).
+        inside: (B, T) bool, the clip's centre lies inside one of the query's windows.
+        scored: (B, T) bool, the clips to score (the real ones).
+
+    Returns:
+        Scalar mean over the scored clips; 0 (still attached to ``scores``) when there are none.
+    """
+    if not scored.any():
+        return torch.where(scored, scores, 0.0).sum() * 0.0
+    return F.binary_cross_entropy_with_logits(scores[scored], inside[scored].to(scores.dtype))
+
+
 @register_model("span")
 class SpanNet(nn.Module):
     """Span extraction grounding network with presence and saliency heads.
@@ -124,7 +168,7 @@ class SpanNet(nn.Module):
             nms_iou_threshold: IoU above which a lower-ranked decoded span is suppressed, or None.
             start_end_weight: weight of the start/end cross-entropy in the total loss.
             presence_weight: weight of the presence binary cross-entropy.
-            saliency_weight: weight of the saliency ranking loss.
+            saliency_weight: weight of the saliency loss (ranking hinges plus clip cross-entropy).
             saliency_margin: margin of the saliency hinge losses.
             presence_negative_fraction: fraction of each training batch, in (0, 1], whose query is
                 also paired with another video for a presence negative (1.0: every query). Each
@@ -168,19 +212,25 @@ class SpanNet(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(hidden_dim)
         self.span_head = nn.Linear(hidden_dim, 2)
-        self.saliency_head = nn.Linear(hidden_dim, 1)
+        self.saliency_head = QuerySaliencyHead(hidden_dim)
         self.presence_head = nn.Sequential(
             nn.Linear(2 * hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
         )
 
     # ---- network -----------------------------------------------------------------------------
 
-    def encode_video(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor) -> Tensor:
-        """The video branch, which does not see the query. video (B, T, Dv) -> (B, T, D)."""
+    def encode_video(self, video: Tensor, video_mask: Tensor, timestamps: Tensor,
+                     duration: Tensor) -> tuple[Tensor, Tensor]:
+        """The video branch, which does not see the query. video (B, T, Dv).
+
+        Returns:
+            The clip context (B, T, D) (projection and conv stack: the video alone, zero on
+            padding; the saliency head reads it), and the clips (B, T, D) with positions added.
+        """
         x = self.video_proj(video) * video_mask.unsqueeze(-1)  # (B, T, D)
         for conv in self.convs:
             x = conv(x, video_mask)  # (B, T, D)
-        return x + self.position(timestamps, duration).to(x.dtype)  # (B, T, D)
+        return x, x + self.position(timestamps, duration).to(x.dtype)
 
     def attend(self, clips: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
         """Clips read the projected query. clips (B, T, D), text (B, L, D) projected -> (B, T, D)."""
@@ -189,10 +239,15 @@ class SpanNet(nn.Module):
         return self.final_norm(clips)
 
     def fuse(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor,
-             text: Tensor, text_mask: Tensor) -> Tensor:
-        """Query-aware clip features. video (B, T, Dv), text (B, L, Dt) -> (B, T, D)."""
-        clips = self.encode_video(video, video_mask, timestamps, duration)  # (B, T, D)
-        return self.attend(clips, video_mask, self.text_proj(text), text_mask)
+             text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Clip context and query-aware clip features. video (B, T, Dv), text (B, L, Dt).
+
+        Returns:
+            The clip context (B, T, D) (`encode_video`), and the fused features (B, T, D) after
+            positions and the fusion layers.
+        """
+        context, clips = self.encode_video(video, video_mask, timestamps, duration)  # (B, T, D) each
+        return context, self.attend(clips, video_mask, self.text_proj(text), text_mask)
 
     def presence_logit(self, frames: Tensor, video_mask: Tensor) -> Tensor:
         """frames (B, T, D) -> (B,) logit that the query's event is in the video."""
@@ -216,13 +271,13 @@ class SpanNet(nn.Module):
         """
         self._check_batch(batch)
         video_mask, text_mask = batch["video_mask"], batch["text_mask"]
-        clips = self.encode_video(batch["video"], video_mask, batch["timestamps"],
-                                  batch["duration"])  # (B, T, D)
+        context, clips = self.encode_video(batch["video"], video_mask, batch["timestamps"],
+                                           batch["duration"])  # (B, T, D) each
         text = self.text_proj(batch["text"])  # (B, L, D)
         frames = self.attend(clips, video_mask, text, text_mask)  # (B, T, D)
         padding = ~video_mask.unsqueeze(-1)  # (B, T, 1)
         span_logits = self.span_head(frames).masked_fill(padding, float("-inf"))  # (B, T, 2)
-        saliency = self.saliency_head(frames).squeeze(-1).masked_fill(~video_mask, float("-inf"))  # (B, T)
+        saliency = self.saliency_head(context, video_mask, text, text_mask)  # (B, T)
         output = {
             "start_logits": span_logits[..., 0],
             "end_logits": span_logits[..., 1],
@@ -297,17 +352,17 @@ class SpanNet(nn.Module):
         return (positive.sum() + weight * (negative * valid).sum()) / (len(logits) + weight * valid.sum())
 
     def _saliency_loss(self, scores: Tensor, batch: dict) -> Tensor:
-        """Margin ranking on the clips of videos whose saliency is labelled.
+        """Clip cross-entropy over the batch plus margin ranking inside labelled videos.
 
-        Two hinge terms, each averaged over its pairs: (1) of two labelled clips of one video,
-        the higher-labelled one should score ``margin`` above the other; (2) a labelled clip
-        inside a ground-truth window should score ``margin`` above every real clip outside all
-        windows. Videos without saliency labels add nothing.
+        ``clip_window_bce`` (every query) plus two hinge terms on videos whose saliency is
+        labelled, each averaged over its pairs: (1) of two labelled clips of one video, the
+        higher-labelled one should score ``margin`` above the other; (2) a labelled clip inside a
+        ground-truth window should score ``margin`` above every real clip outside all windows.
         """
         video_mask = batch["video_mask"]
+        inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])  # (B, T)
+        loss = clip_window_bce(scores, inside, video_mask)  # every query has a window (_start_end_loss)
         scores = torch.where(video_mask, scores, 0.0)  # (B, T) no -inf, so differences stay finite
-        # Zero that still touches the head, so a batch without labels leaves no parameter unused.
-        loss = scores.sum() * 0.0
         labelled = batch["saliency_mask"] & video_mask  # (B, T)
         has_labels = labelled.any(dim=-1)  # (B,)
         if not has_labels.any():
@@ -315,7 +370,6 @@ class SpanNet(nn.Module):
         label = batch["saliency"]  # (B, T)
         hinge = F.relu(self.saliency_margin - (scores[:, :, None] - scores[:, None, :]))  # (B, T, T) i over j
         ranked = (label[:, :, None] > label[:, None, :]) & labelled[:, :, None] & labelled[:, None, :]
-        inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])  # (B, T)
         positive = labelled & inside
         negative = video_mask & ~inside & has_labels[:, None]
         contrast = positive[:, :, None] & negative[:, None, :]  # (B, T, T)

@@ -166,3 +166,27 @@ def test_unknown_model_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     assert bench.main(["--models", "nosuch", "--no-write"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nosuch" in err[0] and "span" in err[0]
+
+
+def test_table_says_when_a_model_has_no_saliency() -> None:
+    columns = bench.VARIANTS["qvhighlights"].columns
+    assert [c for c in columns if c.startswith("HL-")] == [
+        "HL-min-Fair-mAP",
+        "HL-min-Good-mAP",
+        "HL-min-VeryGood-mAP",
+        "HL-min-VeryGood-Hit1",
+    ]
+    hd = {
+        "HL-min-Fair-mAP": 90.0,
+        "HL-min-Good-mAP": 80.0,
+        "HL-min-VeryGood-mAP": 50.0,
+        "HL-min-VeryGood-Hit1": 82.5,
+    }
+    points = [
+        bench.EvalPoint("span", True, 60.0, 60.0, 1.0, 10, {"MR-full-R1@0.5": 40.0, **hd}),
+        bench.EvalPoint("regress", True, 60.0, 60.0, 1.0, 10, {"MR-full-R1@0.5": 30.0}),
+    ]
+    text = bench.table(points, ["MR-full-R1@0.5", "MR-full-mAP", *hd], "header")
+    assert "| span | 1.0 | 1.0 | 1.00 | 40.0 | - | 90.0 | 80.0 | 50.0 | 82.5 |" in text
+    no = bench.NO_SALIENCY
+    assert f"| regress | 1.0 | 1.0 | 1.00 | 30.0 | - | {no} | {no} | {no} | {no} |" in text

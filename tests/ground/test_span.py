@@ -18,8 +18,8 @@ import yaml
 from torch import nn
 
 from ground.models import build_model, get_model_class, list_models, register_model, trainable_models
-from ground.models.blocks import Predictions, temporal_iou
-from ground.models.span import SpanNet
+from ground.models.blocks import Predictions, clips_in_windows, temporal_iou
+from ground.models.span import QuerySaliencyHead, SpanNet, clip_window_bce
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model"
 VIDEO_DIM, TEXT_DIM = 24, 24  # equal: the zero-shot baseline compares them in one space
@@ -377,11 +377,63 @@ def test_span_saliency_loss_by_hand() -> None:
         "presence_logit": torch.zeros(1),
         "saliency": torch.tensor([[1.0, 0.8, 0.6, -1.0]]),
     }
+    # Clip cross-entropy, clips 0 and 1 inside: softplus(-1.0), softplus(-0.8), softplus(0.6), softplus(-1.0).
+    bce = (_softplus(-1.0) + _softplus(-0.8) + _softplus(0.6) + _softplus(-1.0)) / 4
     # Ranking pair (0 over 1): relu(0.5 - 0.2) = 0.3. Contrast pairs (0|1 over 2|3):
     # relu(0.5 - 0.4) = 0.1, relu(0.5 - 2.0) = 0, relu(0.5 - 0.2) = 0.3, relu(0.5 - 1.8) = 0.
-    assert model.loss(output, batch)["saliency"].item() == pytest.approx(0.3 + 0.4 / 4)
-    batch["saliency_mask"][:] = False
-    assert model.loss(output, batch)["saliency"].item() == 0.0
+    assert model.loss(output, batch)["saliency"].item() == pytest.approx(bce + 0.3 + 0.4 / 4)
+    batch["saliency_mask"][:] = False  # no labels (Charades-STA): the windows still teach the clips
+    assert model.loss(output, batch)["saliency"].item() == pytest.approx(bce)
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_clip_window_bce_by_hand_and_without_clips() -> None:
+    scores = torch.tensor([[2.0, -1.0, float("-inf")], [0.5, 0.0, 3.0]])  # (B, T), -inf on padding
+    inside = torch.tensor([[True, False, False], [False, True, True]])
+    scored = torch.tensor([[True, True, False], [True, True, True]])
+    expected = (_softplus(-2.0) + _softplus(-1.0) + _softplus(0.5) + _softplus(0.0) + _softplus(-3.0)) / 5
+    assert clip_window_bce(scores, inside, scored).item() == pytest.approx(expected)
+    leaf = torch.zeros(2, 3, requires_grad=True)
+    none = clip_window_bce(leaf + scores, inside, torch.zeros_like(scored))
+    assert none.item() == 0.0 and none.requires_grad  # zero, but the head stays in the graph
+
+
+def test_saliency_cross_entropy_sees_other_videos_where_the_hinges_do_not() -> None:
+    """Shifting one video's scores leaves every within-video ranking as it was, not the batch loss."""
+    model = tiny_span(saliency_margin=0.5)
+    batch = make_batch([6, 6], seed=1)
+    batch["saliency_mask"][:] = batch["video_mask"]
+    output = {
+        "start_logits": torch.zeros(2, 6),
+        "end_logits": torch.zeros(2, 6),
+        "presence_logit": torch.zeros(2),
+        "saliency": torch.randn(2, 6, generator=torch.Generator().manual_seed(0)),
+    }
+    inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])
+    bce = clip_window_bce(output["saliency"], inside, batch["video_mask"]).item()
+    hinges = model.loss(output, batch)["saliency"].item() - bce
+    shifted = output | {"saliency": output["saliency"] + torch.tensor([[5.0], [0.0]])}
+    bce_shifted = clip_window_bce(shifted["saliency"], inside, batch["video_mask"]).item()
+    assert bce_shifted != pytest.approx(bce, abs=1e-3)
+    assert model.loss(shifted, batch)["saliency"].item() == pytest.approx(hinges + bce_shifted, abs=1e-5)
+
+
+def test_query_saliency_head_by_hand() -> None:
+    head = QuerySaliencyHead(4)
+    with torch.no_grad():
+        head.query.weight.copy_(torch.eye(4))
+        head.query.bias.zero_()
+    context = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 0]]])  # (1, 3, 4)
+    video_mask = torch.tensor([[True, True, False]])
+    text = torch.tensor([[[2.0, 0, 0, 0], [0, 0, 0, 0], [0, 4.0, 0, 0]]])  # (1, 3, 4)
+    text_mask = torch.tensor([[True, True, False]])  # the third token is padding: ignored
+    scores = head(context, video_mask, text, text_mask)
+    # Query = mean of the real tokens = [1, 0, 0, 0]; scores = context . query / sqrt(4).
+    assert scores[0, :2].tolist() == pytest.approx([0.5, 0.0])
+    assert torch.isneginf(scores[0, 2])
 
 
 def test_span_overfits_eight_samples() -> None:

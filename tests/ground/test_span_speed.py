@@ -27,8 +27,8 @@ def one_torch_thread() -> Iterator[None]:
 def old_negative_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The previous path: a whole second `fuse` over the batch's videos rolled by one."""
     rolled = {key: batch[key].roll(1, dims=0) for key in ("video", "video_mask", "timestamps", "duration")}
-    frames = model.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"], rolled["duration"],
-                        batch["text"], batch["text_mask"])  # (B, T, D)
+    _, frames = model.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"], rolled["duration"],
+                           batch["text"], batch["text_mask"])  # (B, T, D)
     return model.presence_logit(frames, rolled["video_mask"])  # (B,)
 
 
@@ -38,8 +38,8 @@ def test_reused_video_branch_gives_the_old_negatives_and_outputs() -> None:
     with torch.no_grad():
         output = model(batch)
         expected_negative = old_negative_logits(model, batch)
-        frames = model.fuse(batch["video"], batch["video_mask"], batch["timestamps"], batch["duration"],
-                            batch["text"], batch["text_mask"])
+        _, frames = model.fuse(batch["video"], batch["video_mask"], batch["timestamps"], batch["duration"],
+                               batch["text"], batch["text_mask"])
     torch.testing.assert_close(output["presence_logit_negative"], expected_negative, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(output["presence_logit"], model.presence_logit(frames, batch["video_mask"]))
     start = model.span_head(frames)[..., 0].masked_fill(~batch["video_mask"], float("-inf"))
