@@ -216,7 +216,7 @@ def pad_clips(batch: dict, multiple: int) -> dict:
 
     Padding clips are what the collate already puts past a short video: zero features, zero
     timestamps, zero saliency, False in both masks. Every network masks them out, so outputs on
-    real clips do not change (tests/ground/test_bench.py checks `span`'s loss).
+    real clips do not change (tests/ground/test_bench_train.py checks `span`'s loss).
 
     Args:
         batch: the batch dict of `SplitTensors.gather` (docs/architecture.md), T clips.

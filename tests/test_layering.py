@@ -74,3 +74,14 @@ def test_the_scan_tells_api_imports_from_internal_ones(tmp_path: Path, source: s
     (tmp_path / "ground" / "models" / "probe.py").write_text(source + "\n", encoding="utf-8")
     bad = violations(tmp_path, "ground", ("extract",), through_extract_api)
     assert (bad == []) == ok, bad
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """Test folders have no __init__.py, so pytest imports each test file by its basename: two
+    files of one name stop the whole run at collection ("import file mismatch"), which a run of a
+    single folder does not show (it happened with test_block_inputs.py and test_bench.py)."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        if path.name != "conftest.py":
+            by_name.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert not {name: paths for name, paths in by_name.items() if len(paths) > 1}
