@@ -387,3 +387,20 @@ def test_long_run_loops_the_file_and_samples_rss(oracle: Grounder, stream_file: 
     assert result["rss_growth_mib_after_first_sample"] == pytest.approx(
         samples[-1]["rss_mib"] - samples[1]["rss_mib"], abs=0.05
     )
+
+
+def test_bench_watch_long_run_refuses_bad_input_in_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ground.cli import main as ground_main
+
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    argv = ["bench-watch", "--ckpt", str(world.ckpt), "--query", "x", "--stream-minutes", "1"]
+    assert ground_main([*argv, "--video", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert str(garbage) in err and "source failed" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one line
+        ground_main([*argv, "--video", str(garbage), "--video", str(garbage)])
+    assert exit_info.value.code == 2
+    assert "--stream-minutes loops one --video, got 2" in capsys.readouterr().err
