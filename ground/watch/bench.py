@@ -8,6 +8,11 @@ reported by the stream: an event of that query, no later than one hop after the 
 the fraction of such windows reported. Also measured: the real-time factor (wall seconds per
 stream second, played as fast as possible), the delay from the first offline pass that finds an
 occurrence to its `started` event (in stream seconds), and the process's peak RSS.
+
+With `--stream-minutes M` it measures a long run instead: one file replayed back to back as one
+continuous stream of M minutes (as fast as possible), the process's current RSS (VmRSS) sampled
+every `--rss-every-minutes` of stream time, and the real-time factor. No offline comparison, and
+events are counted, not kept, so the run's own bookkeeping does not grow with its length.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -23,8 +29,115 @@ from pathlib import Path
 import numpy as np
 
 from ground.predict import Grounder
-from ground.watch.source import StreamSource
+from ground.watch.source import SampledFrame, SourceError, StreamSource
 from ground.watch.watcher import DEFAULT_HOP_SEC, DEFAULT_WINDOW_SEC, Watcher, run_watch
+
+DEFAULT_RSS_EVERY_MINUTES = 10.0
+
+
+def rss_mib() -> float:
+    """The process's resident set size now (VmRSS of /proc/self/status), MiB; Linux only."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # the kernel writes kB
+    raise RuntimeError("/proc/self/status has no VmRSS line")
+
+
+class RssSampledWatcher(Watcher):
+    """A `Watcher` that records the process's RSS each time the stream passes a multiple of `every_sec`.
+
+    `samples` starts with one taken before the first frame (checkpoint and encoders loaded); each
+    later one is `{stream_sec, wall_sec, rss_mib}`, wall seconds since construction.
+    """
+
+    def __init__(self, *args, every_sec: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.every_sec = every_sec
+        self._began = time.perf_counter()
+        self._next_sample_sec = every_sec
+        self.samples: list[dict] = []
+        self.sample(0.0)
+
+    def push(self, frame: SampledFrame) -> None:
+        super().push(frame)
+        if self.ring_end_sec >= self._next_sample_sec - 1e-9:
+            self.sample(self.ring_end_sec)
+            while self._next_sample_sec <= self.ring_end_sec + 1e-9:
+                self._next_sample_sec += self.every_sec
+
+    def sample(self, stream_sec: float) -> None:
+        sample = {
+            "stream_sec": round(stream_sec, 3),
+            "wall_sec": round(time.perf_counter() - self._began, 1),
+            "rss_mib": round(rss_mib(), 1),
+        }
+        self.samples.append(sample)
+        print(json.dumps(sample), file=sys.stderr, flush=True)  # progress of a long run
+
+
+def long_run(
+    grounder: Grounder,
+    video: str,
+    queries: Sequence[str],
+    *,
+    stream_sec: float,
+    every_sec: float,
+    window_sec: float,
+    hop_sec: float,
+) -> dict:
+    """Play `video` looped as one stream of `stream_sec` seconds as fast as possible; RSS every `every_sec`.
+
+    Returns the summary `bench-watch --stream-minutes` prints: stream and wall seconds, the
+    real-time factor, the file's plays, passes, query and source event counts by state, and the
+    RSS samples (MiB).
+
+    Raises:
+        SourceError: the file cannot be opened or read to its end (it cannot be looped).
+    """
+    query_events: dict[str, int] = {}  # by state
+    source_events: dict[str, int] = {}
+
+    def count(event: dict) -> None:
+        counts = source_events if event["query"] is None else query_events
+        counts[event["state"]] = counts.get(event["state"], 0) + 1
+
+    watcher = RssSampledWatcher(
+        grounder, queries, count, window_sec=window_sec, hop_sec=hop_sec, every_sec=every_sec
+    )
+    source = StreamSource(video, 1.0 / grounder.stride_sec, speed=0, loop_until_sec=stream_sec)
+    began = time.perf_counter()
+    summary = run_watch(source, watcher, count, threading.Event())
+    wall_sec = time.perf_counter() - began
+    if summary["detail"].startswith("source failed"):
+        raise SourceError(f"source {video!r}: {summary['detail']}")
+    if summary["stream_time"] > watcher.samples[-1]["stream_sec"] + 1e-9:
+        watcher.sample(summary["stream_time"])  # the end, when it is not a multiple of every_sec
+    samples = watcher.samples
+    after_warmup = samples[1:] or samples
+    return {
+        "video": str(video),
+        "queries": len(queries),
+        "window_sec": window_sec,
+        "hop_sec": hop_sec,
+        "detail": summary["detail"],
+        "stream_sec": summary["stream_time"],
+        "wall_sec": round(wall_sec, 1),
+        "real_time_factor": round(wall_sec / summary["stream_time"], 4) if summary["stream_time"] else None,
+        "file_plays": summary["connections"],
+        "windows": summary["windows"],
+        "passes": summary["passes"],
+        "query_events": query_events,
+        "source_events": source_events,
+        "rss_samples": samples,
+        "rss_mib_first_sample": after_warmup[0]["rss_mib"],
+        "rss_mib_end": samples[-1]["rss_mib"],
+        "rss_growth_mib_after_first_sample": round(samples[-1]["rss_mib"] - after_warmup[0]["rss_mib"], 1),
+        "rss_range_mib_after_first_sample": round(
+            max(x["rss_mib"] for x in after_warmup) - min(x["rss_mib"] for x in after_warmup), 1
+        ),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def offline_passes(
@@ -91,8 +204,37 @@ def bench_watch_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window-sec", type=float, default=DEFAULT_WINDOW_SEC)
     parser.add_argument("--hop-sec", type=float, default=DEFAULT_HOP_SEC)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--stream-minutes",
+        type=float,
+        default=None,
+        help="long run: loop the one --video as a stream this long; RSS and real-time factor only",
+    )
+    parser.add_argument(
+        "--rss-every-minutes",
+        type=float,
+        default=DEFAULT_RSS_EVERY_MINUTES,
+        help="long run: sample the RSS every this many stream minutes",
+    )
     args = parser.parse_args(argv)
+    if args.stream_minutes is not None:
+        if len(args.video) != 1:
+            parser.error(f"--stream-minutes loops one --video, got {len(args.video)}")
+        if not args.rss_every_minutes > 0:
+            parser.error(f"--rss-every-minutes must be positive, got {args.rss_every_minutes}")
     grounder = Grounder.from_checkpoint(args.ckpt, device=args.device)
+    if args.stream_minutes is not None:
+        result = long_run(
+            grounder,
+            args.video[0],
+            args.query,
+            stream_sec=args.stream_minutes * 60,
+            every_sec=args.rss_every_minutes * 60,
+            window_sec=args.window_sec,
+            hop_sec=args.hop_sec,
+        )
+        print(json.dumps(result, indent=2))
+        return 0
     reported = total = 0
     stream_sec = wall_sec = 0.0
     delays: list[float] = []

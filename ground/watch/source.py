@@ -88,6 +88,9 @@ class StreamSource:
         reconnect: reopen after a disconnect or error, with backoff; None: for URLs and devices.
         backoff_sec: first and longest wait between reconnection attempts (doubling).
         read_timeout_sec: a network read that waits longer fails (and reconnects).
+        loop_until_sec: files only: replay the file back to back as one continuous stream (each
+            replay's time line continues the last) until the feature windows reach this many
+            stream seconds, then end; None: play the file once. For long-run measurements.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class StreamSource:
         reconnect: bool | None = None,
         backoff_sec: tuple[float, float] = (0.5, 30.0),
         read_timeout_sec: float = 10.0,
+        loop_until_sec: float | None = None,
     ) -> None:
         self.source = source
         self.kind = source_kind(source)
@@ -108,6 +112,14 @@ class StreamSource:
             raise SourceError(f"source {source!r}: fps must be positive, got {fps}")
         if not (math.isfinite(speed) and speed >= 0):
             raise SourceError(f"--speed must be >= 0 (0: as fast as possible), got {speed}")
+        if loop_until_sec is not None:
+            if self.kind != "file":
+                raise SourceError(f"source {source!r}: only a file can be looped, not a {self.kind}")
+            if not (math.isfinite(loop_until_sec) and loop_until_sec > 0):
+                raise SourceError(
+                    f"source {source!r}: the looped stream's length must be positive, got {loop_until_sec} s"
+                )
+        self.loop_until_sec = loop_until_sec
         self.fps = fps
         self.speed = speed if self.kind == "file" else 0.0
         self.reconnect = self.kind in ("url", "device") if reconnect is None else reconnect
@@ -178,9 +190,19 @@ class StreamSource:
             if attempt:
                 self._put(SourceEvent("reconnected", f"after {attempt} attempt(s)", self._last_sec))
             attempt = 0
+            decoded_before = self.counts.frames_decoded
             with container:
                 why = self._read(container)
             if self._stop.is_set():
+                return
+            if self.loop_until_sec is not None:
+                if self._looped_enough():
+                    self._finish("ended", f"looped stream reached {self.loop_until_sec:g} s")
+                    return
+                if why == "end of stream" and self.counts.frames_decoded > decoded_before:
+                    continue  # replay at once; `_segment_offset` continues the time line
+                # A file that fails to read, or gives no frame at all, would loop forever.
+                self._finish("failed", f"cannot loop {self.source}: {why}")
                 return
             if not self.reconnect:
                 self._flush_tail()
@@ -244,9 +266,15 @@ class StreamSource:
                     if frame.duration and stream.time_base:
                         self._frame_sec = float(frame.duration * stream.time_base)
                     self._take(t, frame)
+                    if self._looped_enough():
+                        return "looped stream length reached"
         except av.FFmpegError as err:
             return f"read failed after {self.counts.frames_decoded} frames ({err})"
         return "end of stream"
+
+    def _looped_enough(self) -> bool:
+        """A looped file has given every feature window below `loop_until_sec`."""
+        return self.loop_until_sec is not None and self._next_index / self.fps >= self.loop_until_sec - 1e-9
 
     def _segment_offset(self, raw_sec: float) -> float:
         """Stream time of a connection's first frame: the old time line continued when the source

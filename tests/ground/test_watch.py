@@ -28,9 +28,9 @@ from test_predict import World, grounding_world
 
 from ground.models.blocks import Predictions
 from ground.predict import Grounder
-from ground.watch.bench import match_rate, offline_passes
+from ground.watch.bench import long_run, match_rate, offline_passes
 from ground.watch.ring import FeatureRing
-from ground.watch.source import SourceEvent, StreamSource
+from ground.watch.source import SourceError, SourceEvent, StreamSource
 from ground.watch.tracker import OccurrenceTracker
 from ground.watch.watcher import Watcher, run_watch
 
@@ -331,3 +331,76 @@ def test_watch_refuses_a_missing_source_in_one_line(world: World, capsys: pytest
     assert "/no/such/cam.ts" in err and "no such file" in err and "Traceback" not in err
     assert ground_main([*argv[:3], "--source", "-", "--query", "x", "--hop-sec", "0.1"]) == 2
     assert "--hop-sec must be at least one clip" in capsys.readouterr().err
+
+
+# -- long runs --------------------------------------------------------------------------------------
+
+
+def _sampled(source: StreamSource) -> tuple[list, SourceEvent]:
+    source.start()
+    frames = []
+    while not isinstance(item := source.get(timeout_sec=60), SourceEvent):
+        assert item is not None, "the source stalled on a file"
+        frames.append(item)
+    return frames, item
+
+
+def test_a_looped_file_is_one_continuous_stream(stream_file: Path) -> None:
+    once, _ = _sampled(StreamSource(str(stream_file), fps=1.0, speed=0))
+    source = StreamSource(str(stream_file), fps=1.0, speed=0, loop_until_sec=2.5 * SECONDS)
+    looped, end = _sampled(source)
+    assert end.state == "ended" and end.detail == f"looped stream reached {2.5 * SECONDS:g} s"
+    # Every window below the length, none past it; each replay continues the time line by one
+    # frame, so window i holds the frame window i % 16 holds in one play.
+    assert [f.window_sec for f in looped] == [(float(i), float(i + 1)) for i in range(40)]
+    for frame in looped:
+        np.testing.assert_array_equal(frame.rgb, once[frame.index % SECONDS].rgb)
+    assert source.counts.connections == 3 and source.counts.corrupt_packets == 0
+    with pytest.raises(SourceError, match="only a file can be looped"):
+        StreamSource("-", fps=1.0, loop_until_sec=10.0)
+
+
+def test_long_run_loops_the_file_and_samples_rss(oracle: Grounder, stream_file: Path) -> None:
+    result = long_run(
+        oracle,
+        str(stream_file),
+        ["a red square appears"],
+        stream_sec=60.0,
+        every_sec=15.0,
+        window_sec=4.0,
+        hop_sec=1.0,
+    )
+    assert result["detail"] == "source ended: looped stream reached 60 s"
+    assert result["stream_sec"] == 60.0 and result["windows"] == 60 and result["passes"] == 60
+    assert result["file_plays"] == 4  # 16-s file: 3 whole plays and part of a fourth
+    # Red at 4-8 and 11-13 s of every 16: in 60 s, 2 + 2 + 2 + the 4th play's first (from 52 s)
+    # and its second cut at 60 s (from 59 s), each started and ended once.
+    events = result["query_events"]
+    assert events == {"started": 8, "ongoing": events["ongoing"], "ended": 8} and events["ongoing"] > 0
+    assert result["source_events"] == {"ended": 1, "stopped": 1}
+    samples = result["rss_samples"]
+    assert [s["stream_sec"] for s in samples] == [0.0, 15.0, 30.0, 45.0, 60.0]
+    # Current RSS, read from /proc: positive and never above the process's peak.
+    assert all(0 < s["rss_mib"] <= result["peak_rss_mib"] + 1 for s in samples)
+    assert result["rss_mib_first_sample"] == samples[1]["rss_mib"]
+    assert result["rss_mib_end"] == samples[-1]["rss_mib"]
+    assert result["rss_growth_mib_after_first_sample"] == pytest.approx(
+        samples[-1]["rss_mib"] - samples[1]["rss_mib"], abs=0.05
+    )
+
+
+def test_bench_watch_long_run_refuses_bad_input_in_one_line(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ground.cli import main as ground_main
+
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    argv = ["bench-watch", "--ckpt", str(world.ckpt), "--query", "x", "--stream-minutes", "1"]
+    assert ground_main([*argv, "--video", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert str(garbage) in err and "source failed" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one line
+        ground_main([*argv, "--video", str(garbage), "--video", str(garbage)])
+    assert exit_info.value.code == 2
+    assert "--stream-minutes loops one --video, got 2" in capsys.readouterr().err
