@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -261,12 +262,18 @@ def _check_features(name: str, array: np.ndarray, dim: int, path: str | Path) ->
         raise ImportItemError("nonfinite", f"stream {name!r}: features contain NaN/Inf", path)
 
 
+_NPY_HEADER_LOCK = threading.Lock()
+"""numpy parses every .npy header with `ast.literal_eval`, and CPython 3.11's parser is not safe
+from several threads at once: `SystemError: AST constructor recursion depth mismatch` (seen in
+this project's CI while the import pool loaded npz files). The files are read one at a time."""
+
+
 def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
     """Every array of an npz file, which must hold ``key``; ImportItemError when it cannot be had."""
     if not path.is_file():
         raise ImportItemError("missing_file", f"no file {path.name}", path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _NPY_HEADER_LOCK, np.load(path, allow_pickle=False) as npz:
             if key not in npz.files:
                 raise ImportItemError("bad_file", f"no key {key!r} (keys: {npz.files})", path)
             return {name: npz[name] for name in npz.files}
