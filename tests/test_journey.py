@@ -33,51 +33,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from commands import DATA_CONFIG, MODEL_CONFIG, QUIET, REPO, TINY_SPAN, run
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_CONFIG = REPO / "ground" / "configs" / "data" / "synthetic.yaml"
-MODEL_CONFIG = REPO / "ground" / "configs" / "model" / "span.yaml"
 N_VIDEOS = 10  # the fewest with two val videos: calibrate-presence needs negatives from another video
-TINY_SPAN = [
-    "--model.hparams.hidden_dim",
-    "32",
-    "--model.hparams.num_layers",
-    "1",
-    "--model.hparams.num_heads",
-    "2",
-    "--model.hparams.conv_dilations",
-    "[1, 2]",
-]
 TWO_PROCESSES = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-COMMAND_LIMIT_SEC = 900  # a hang guard for one command, not a speed check
 WRITERS = ("fit", "demo")
 PARALLEL_COMMANDS = 2
 EXPORT_FORMATS = ("onnx", "torchscript")
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m ARGS...` in `cwd`, offline, importing this checkout; fails the test on a non-zero exit."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_LIMIT_SEC,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"`python -m {' '.join(args)}` exited {result.returncode}\n"
-            f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
-        )
-    return result
 
 
 # -- the chain's files, each made once ----------------------------------------------------------
