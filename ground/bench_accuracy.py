@@ -386,7 +386,14 @@ def time_step_sec(name: str, data: GroundingDataModule, lr: float, steps: int = 
         name=name, hparams=_hparams(name), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
     )
     optimizer = torch.optim.AdamW(module.net.parameters(), lr=lr)
-    loader = iter(data.train_dataloader())
+    if len(data.train_dataloader()) == 0:
+        raise BenchError(f"{name}: the training split has no batch to time")
+
+    def batches():  # epochs again and again: a small slice has fewer batches than steps + 1
+        while True:
+            yield from data.train_dataloader()
+
+    loader = batches()
     timed = []
     for step in range(steps + 1):
         batch = next(loader)

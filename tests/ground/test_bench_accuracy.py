@@ -190,3 +190,11 @@ def test_table_says_when_a_model_has_no_saliency() -> None:
     assert "| span | 1.0 | 1.0 | 1.00 | 40.0 | - | 90.0 | 80.0 | 50.0 | 82.5 |" in text
     no = bench.NO_SALIENCY
     assert f"| regress | 1.0 | 1.0 | 1.00 | 30.0 | - | {no} | {no} | {no} | {no} |" in text
+
+
+def test_step_timing_cycles_a_split_smaller_than_its_steps(cache: Path) -> None:
+    """Fewer training batches than timed steps once ended in StopIteration (`--limit-videos 300`)."""
+    data = _data(cache)
+    assert len(data.train_dataloader()) < 11  # the timing takes 1 + 10 steps
+    step_sec = bench.time_step_sec("span", data, lr=1e-3)
+    assert 0.0 < step_sec < 60.0
