@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def shared_data_dir() -> Path:
     """The real annotation files: ../shared/data beside the repo, or $GROUNDCACHE_SHARED_DATA."""
     return Path(os.environ.get("GROUNDCACHE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test, then the previous count (small-tensor model tests).
+
+    With tensors this small, intra-op threading costs more than it saves, and on a shared CPU the
+    worker threads' hand-offs made a training step 20x slower than on one thread. Test files use it
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["hdf5", "zarr"])

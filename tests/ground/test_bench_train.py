@@ -7,7 +7,6 @@ model. Speed itself is a benchmark (docs/benchmarks.md), never asserted here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,7 @@ TINY = ["--queries", "24", "--clips", "8", "--video-dim", "16", "--text-dim", "1
         "--batch-size", "8", "--steps", "1", "--warmup", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

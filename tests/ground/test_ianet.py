@@ -7,7 +7,6 @@ The registry contract (T in {1, 7, 300}, padding invariance, decode validity, ba
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, plant
 from ground.models.blocks import nms_1d, temporal_iou
 from ground.models.ianet import Calibration, IANet, anchor_windows, nms_top_k
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_ianet(**overrides: object) -> IANet:

@@ -8,7 +8,6 @@ is tested for every model in test_span.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / 
 TENSOR_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mask")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads cost more than they save on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_localglobal(**overrides: object) -> LocalGlobalNet:

@@ -7,7 +7,6 @@ is tested for every model in test_span.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from ground.models.regress import MIN_SPAN_SEC, RegressNet, observed_span
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "regress.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads cost more than they save on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_regress(**overrides: object) -> RegressNet:

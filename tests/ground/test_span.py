@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,17 +24,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model
 VIDEO_DIM, TEXT_DIM = 24, 24  # equal: the zero-shot baseline compares them in one space
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run these small-tensor tests on one thread.
-
-    With tensors this small, intra-op threading costs more than it saves, and on a shared CPU the
-    worker threads' hand-offs made a training step 20x slower than on one thread.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_batch(

@@ -7,21 +7,13 @@ over the rolled videos, the path `span` took before, on a fixed batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.ground.test_span import make_batch, tiny_span
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def old_negative_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
