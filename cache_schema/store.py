@@ -69,11 +69,6 @@ from cache_schema.spec import (
 WriteMode = Literal["resume", "overwrite", "create"]
 Uncovered = Literal["error", "skip"]
 
-INDEXED_SINCE = "1.2.0"
-"""Schema version that introduced indexed (added) encoders. Since 1.3.0 a cache with one is
-written as `GROWN_SCHEMA_VERSION`, so that readers older than 1.2.0 refuse it by its major."""
-
-
 BLOCK_INPUTS_SINCE = "1.3.0"
 """Schema version that introduced block inputs; written as ``min_reader_version`` by a cache that
 has them, because an older writer resuming it would not keep them aligned with the features."""
