@@ -11,7 +11,9 @@ encodes one video or a few sentences exactly the way ``python -m extract`` did.
 Features come back as numpy arrays in each spec's storage dtype (float16), i.e. the values a cache
 would hold. The frame preprocessing and the encoder batching are the ones the pipeline uses
 (:func:`decode_short_side`, :func:`encode_frames`, :func:`encode_texts`): with the same device and
-batch size, a video encoded here gives bit-identical features to its row in the cache.
+batch size, a video encoded here gives bit-identical features to its row in the cache. Frames of a
+live stream (:meth:`FeatureExtractor.encode_decoded_frames`) are encoded in small passes instead,
+and equal the cache's features up to float rounding (:data:`PassPadding`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -43,6 +46,7 @@ from extract.video import (
 # Re-exported: what callers of this interface catch when a video cannot be read.
 __all__ = [
     "FeatureExtractor",
+    "PassPadding",
     "VideoDecodeError",
     "decode_short_side",
     "encode_frames",
@@ -55,6 +59,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 """Frames (texts) per forward pass; the same default as ``ExtractConfig.batch_size``."""
+PassPadding = Literal["full_batch", "pow2"]
+"""How :func:`encode_frames` pads the last forward pass of a call.
+
+``full_batch``: to the encoder's ``batch_size`` rows (offline extraction; a frame's feature is
+then bit-identical whatever frames share its pass, so a resumed run stores what an uninterrupted
+one does). ``pow2``: to the next power of two of its rows, capped at ``batch_size`` (live streams,
+which encode 1 or 2 new frames a hop: a 2-frame pass computes 2 rows, not 64). A ``pow2`` feature
+differs from the ``full_batch`` one by float rounding only, because different matrix shapes pick
+different BLAS kernels (measured differences in docs/serving.md, "Live features and offline ones")."""
+LIVE_PASS_PADDING: PassPadding = "pow2"
+"""The padding of frames decoded elsewhere (`FeatureExtractor.encode_decoded_frames`, a live stream)."""
 _DECODE_MARGIN = 8 / 7
 """Decoded frames are this much larger than the largest encoder input, the 256 -> 224 ratio of the
 standard resize-then-crop preprocessing, so every encoder's own resize still scales down."""
@@ -114,27 +129,42 @@ def frames_for_encoder(spec: EncoderSpec, frames: np.ndarray, sampled_per_featur
     return frames[:, first : first + per_feature]  # (T, F, H, W, 3)
 
 
-def _pad_rows(n_rows: int, batch_size: int) -> int:
-    return -n_rows % batch_size
+def _pad_rows(n_rows: int, batch_size: int, padding: PassPadding = "full_batch") -> int:
+    """Rows to add so the last forward pass (of ``batch_size`` rows each) is padded as ``padding`` says."""
+    if padding not in get_args(PassPadding):
+        raise ValueError(f"padding must be one of {get_args(PassPadding)}, got {padding!r}")
+    last = n_rows % batch_size
+    if not last:
+        return 0
+    if padding == "full_batch":
+        return batch_size - last
+    return min(1 << (last - 1).bit_length(), batch_size) - last
 
 
-def encode_frames(encoder: Encoder, frames: np.ndarray) -> np.ndarray:
-    """Encode frames in forward passes of exactly ``encoder.batch_size`` rows.
+def encode_frames(encoder: Encoder, frames: np.ndarray, *, padding: PassPadding = "full_batch") -> np.ndarray:
+    """Encode frames in forward passes of ``encoder.batch_size`` rows, the last one padded.
 
     A row's result depends on how many rows share its forward pass (BLAS picks its kernels by
     matrix shape), but not on which rows they are. Padding the last pass to the full batch with
     copies of the last frame makes every frame's feature independent of the frames it happened to
-    be batched with, so a resumed run and an uninterrupted one store identical features.
+    be batched with, so a resumed run and an uninterrupted one store identical features. A live
+    stream pads to the next power of two instead (see `PassPadding`): a pass of n rows then
+    computes at most 2n - 1 rows, not ``batch_size``, and its features differ from the offline
+    ones by float rounding only.
 
     Args:
         encoder: A video encoder.
         frames: (N, H, W, 3) or (N, F, H, W, 3) uint8.
+        padding: ``full_batch`` (offline extraction) or ``pow2`` (live streams).
 
     Returns:
         (N, D) float32.
+
+    Raises:
+        ValueError: ``padding`` is not a `PassPadding`.
     """
     n = frames.shape[0]
-    pad = _pad_rows(n, encoder.batch_size)
+    pad = _pad_rows(n, encoder.batch_size, padding)
     if pad:
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     return encoder.encode_video(frames)[:n].numpy()  # (N, D)
@@ -546,20 +576,27 @@ class FeatureExtractor:
             for name, enc in self.video_encoders.items()
         }
 
-    def encode_decoded_frames(self, frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    def encode_decoded_frames(
+        self, frames: Sequence[np.ndarray], *, padding: PassPadding = LIVE_PASS_PADDING
+    ) -> dict[str, np.ndarray]:
         """Features of frames decoded elsewhere (a live stream), one feature per frame.
 
         Each frame is resized as :meth:`encode_video` resizes the frames it decodes (shorter side
-        ``frame_size``, FFmpeg's area filter), so a frame gives the feature it has in a cache.
+        ``frame_size``, FFmpeg's area filter). By default the pass is padded to the next power of
+        two of its rows, not to the full batch: a frame gives the feature it has in a cache up to
+        float rounding (see `PassPadding`), at the cost of the rows it needs.
 
         Args:
             frames: N >= 1 RGB frames (H, W, 3) uint8 at their native size.
+            padding: ``pow2`` (`LIVE_PASS_PADDING`) or ``full_batch``, the offline padding (bit
+                for bit the cache's features, ``batch_size`` rows per pass whatever N).
 
         Returns:
             Encoder name -> (N, D) features in the spec's storage dtype.
 
         Raises:
-            ValueError: An encoder takes clips (frames_per_feature > 1), or a frame is not (H, W, 3) uint8.
+            ValueError: An encoder takes clips (frames_per_feature > 1), a frame is not (H, W, 3)
+                uint8, or ``padding`` is not a `PassPadding`.
         """
         self._require_video()
         clip_encoders = [n for n, s in self.video_specs.items() if (s.frames_per_feature or 1) > 1]
@@ -577,7 +614,7 @@ class FeatureExtractor:
             raise ValueError("encode_decoded_frames: no frames")
         batch = np.stack(resized)  # (N, H, W, 3)
         return {
-            name: encode_frames(enc, batch).astype(enc.video_spec.numpy_dtype)
+            name: encode_frames(enc, batch, padding=padding).astype(enc.video_spec.numpy_dtype)
             for name, enc in self.video_encoders.items()
         }
 

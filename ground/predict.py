@@ -415,7 +415,12 @@ class Grounder:
         return clip.features, clip.timestamps_sec, clip.duration_sec
 
     def encode_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Features of frames decoded elsewhere (a live stream), resized and encoded as files are.
+        """Features of frames decoded elsewhere (a live stream), resized as files are.
+
+        A pass is padded to the next power of two of its rows, not to the encoder's full batch as
+        files are (`extract.api.PassPadding`): 2 frames compute 2 rows, not 64, and the features
+        equal those `ground-video` computes for the same frames up to float rounding
+        (docs/serving.md, "Live features and offline ones").
 
         Args:
             frames: N >= 1 RGB frames (H, W, 3) uint8 at their native size.
