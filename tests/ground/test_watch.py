@@ -399,6 +399,7 @@ def test_long_run_loops_the_file_and_samples_rss(oracle: Grounder, stream_file: 
     )
     assert result["detail"] == "source ended: looped stream reached 60 s"
     assert result["stream_sec"] == 60.0 and result["windows"] == 60 and result["passes"] == 60
+    assert result["cpu_sec"] > 0
     assert result["file_plays"] == 4  # 16-s file: 3 whole plays and part of a fourth
     # Red at 4-8 and 11-13 s of every 16: in 60 s, 2 + 2 + 2 + the 4th play's first (from 52 s)
     # and its second cut at 60 s (from 59 s), each started and ended once.
