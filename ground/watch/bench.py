@@ -11,10 +11,12 @@ occurrence to its `started` event (in stream seconds), and the process's peak RS
 
 With `--stream-minutes M` it measures a long run instead: one file replayed back to back as one
 continuous stream of M minutes (as fast as possible), the process's current RSS (VmRSS) sampled
-every `--rss-every-minutes` of stream time, and the real-time factor. Both modes also give the
-process's CPU seconds while the streams play (all threads: decoding and encoding), which on a
-shared machine says more about the cost than the wall time. No offline comparison, and
+every `--rss-every-minutes` of stream time, and the real-time factor. No offline comparison, and
 events are counted, not kept, so the run's own bookkeeping does not grow with its length.
+
+Both modes also give the process's CPU seconds while the streams play (all threads: decoding and
+encoding; not the offline reference), which on a shared machine says more about the cost than
+the wall time.
 """
 
 from __future__ import annotations
