@@ -432,3 +432,18 @@ def test_bench_watch_long_run_refuses_bad_input_in_one_line(
         ground_main([*argv, "--video", str(garbage), "--video", str(garbage)])
     assert exit_info.value.code == 2
     assert "--stream-minutes loops one --video, got 2" in capsys.readouterr().err
+
+
+def test_bench_watch_reports_match_rate_and_cost(
+    world: World, stream_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ground.cli import main as ground_main
+
+    argv = ["bench-watch", "--ckpt", str(world.ckpt), "--video", str(stream_file)]
+    argv += ["--query", "a red square appears", "--window-sec", "4", "--hop-sec", "1"]
+    assert ground_main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    # 16 passes of one query; whether the 2-epoch checkpoint finds red is luck, not asserted.
+    assert result["stream_sec"] == SECONDS and result["videos"] == 1 and result["queries"] == 1
+    assert 0 <= result["reported_by_stream"] <= result["offline_windows_found"] <= SECONDS
+    assert result["cpu_sec"] > 0 and result["wall_sec"] > 0
