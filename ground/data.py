@@ -63,16 +63,20 @@ class StreamedBlockInputs:
         vi, pos = vi.cpu(), pos.cpu()
         spec = self.rows.spec
         out = torch.zeros((*pos.shape, *spec.row_shape), dtype=getattr(torch, spec.dtype))  # (B, C, L, W)
-        read: dict[tuple[int, int, int], Tensor] = {}  # queries of one video share a read
+        done: dict[tuple[int, ...], int] = {}  # (video, *clips) -> the batch row that holds them
         for b, (v, p) in enumerate(zip(vi.tolist(), pos, strict=True)):
+            key = (v, *p.tolist())
+            if key in done:  # another query of the same video and clips: copy, do not read again
+                out[b] = out[done[key]]
+                continue
+            done[key] = b
             start, stop = (int(x) for x in self.ranges[v])
             real = p < stop - start  # (C,) clips inside the video; padding stays zero
             if not real.any():
                 continue
             lo, hi = int(p[real].min()), int(p[real].max()) + 1
-            if (v, lo, hi) not in read:
-                read[v, lo, hi] = torch.from_numpy(self.rows.read(start + lo, start + hi))  # (hi - lo, L, W)
-            out[b, real] = read[v, lo, hi][p[real] - lo]
+            rows = torch.from_numpy(self.rows.read(start + lo, start + hi))  # (hi - lo, L, W)
+            out[b, real] = rows[p[real] - lo]
         return out
 
 

@@ -179,6 +179,7 @@ def test_a_dataloader_worker_reads_the_same_batches(cache: Path) -> None:
         assert_same_batch(batch, held.gather(torch.as_tensor(indices)))
 
 
-def test_block_inputs_in_memory_takes_true_false_or_auto(cache: Path) -> None:
+def test_block_inputs_in_memory_takes_true_false_or_auto(tmp_path: Path) -> None:
+    cache = write_cache(tmp_path / "cache.h5")
     with pytest.raises(ValueError, match="block_inputs_in_memory must be true, false or 'auto', got 'yes'"):
         data_module(cache, "yes")
