@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cache_schema.spec import EncoderSpec, QueryItem, VideoItem
+from cache_schema.spec import BlockInputsSpec, EncoderSpec, QueryItem, VideoItem
 from cache_schema.store import CacheWriter
 
 
@@ -64,19 +64,43 @@ def write_fake_cache(
     dataset: str = "fake",
     dtype: str = "float16",
     compression: str | None = None,
+    block_inputs: tuple[int, int] | None = None,
 ) -> CacheWriter:
     """Write a cache of `n_videos` videos with learnable features; returns the closed writer.
 
     Videos are assigned to splits round-robin so every split gets videos; durations are drawn
     from `duration_range_sec` and need not be multiples of the stride (the last window is cut).
+    `block_inputs` (L tokens, W width) also writes random fp16 block inputs of that row shape for
+    the first video encoder (for memory and speed measurements; no adapter can run on them).
     """
     rng = np.random.default_rng(seed)
     specs = fake_encoders(video_dims, text_dim, stride_sec, dtype)
     video_specs = [s for s in specs if s.modality == "video"]
+    block_specs = []
+    if block_inputs is not None:
+        tokens, width = block_inputs
+        block_specs = [
+            BlockInputsSpec(
+                encoder=video_specs[0].name,
+                blocks=1,
+                depth=1,
+                tokens=tokens,
+                width=width,
+                prefix_tokens=0,
+                grid=1,
+            )
+        ]
     # One random projection per encoder maps a query's concept into that encoder's space.
     concept_dim = 8
     proj = {s.name: rng.standard_normal((concept_dim, s.dim)) for s in specs}
-    writer = CacheWriter(path, dataset=dataset, encoders=specs, mode="overwrite", compression=compression)
+    writer = CacheWriter(
+        path,
+        dataset=dataset,
+        encoders=specs,
+        mode="overwrite",
+        compression=compression,
+        block_inputs=block_specs or None,
+    )
     for v in range(n_videos):
         vid = f"vid{v:05d}"
         duration = float(np.round(rng.uniform(*duration_range_sec), 2))
@@ -125,6 +149,12 @@ def write_fake_cache(
                 fps=25.0,
                 n_frames=int(duration * 25),
                 source=f"generated://{vid}",
+                block_inputs={
+                    b.encoder: rng.standard_normal((n_feats, *b.row_shape), dtype=np.float32).astype(
+                        np.float16
+                    )
+                    for b in block_specs
+                },
             )
         )
         writer.add_queries(queries)

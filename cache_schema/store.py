@@ -886,7 +886,13 @@ class SplitArrays:
     skipped_videos: int = 0
     """Videos of the split whose queries were all left out for that reason."""
     block_inputs: np.ndarray | None = None
-    """(V, T, L, W) one encoder's block inputs (``load_split(block_inputs=...)``), 0 padded; else None."""
+    """(V, T, L, W) one encoder's block inputs (``load_split(block_inputs=...)``), 0 padded; None when
+    not asked for, or left in the cache because they exceed ``block_inputs_max_bytes``."""
+    block_input_ranges: np.ndarray | None = None
+    """(V, 2) int64 [start, stop) rows of each video in the encoder's block-input array (read them
+    with `CacheReader.block_input_rows`), whenever block inputs were asked for; else None."""
+    block_inputs_bytes: int = 0
+    """Bytes the padded (V, T, L, W) block inputs take in memory, held or not (0: not asked for)."""
 
 
 class CacheReader:
@@ -1049,6 +1055,14 @@ class CacheReader:
         start, stop = self._video_range(vid, encoder)
         return self._store.read(block_inputs_array(encoder), start, stop)
 
+    def block_input_rows(self, encoder: str) -> BlockInputRows:
+        """A reader of ``encoder``'s block-input rows by range, for training that streams them.
+
+        Raises:
+            MissingBlockInputsError: as `block_inputs_spec`.
+        """
+        return BlockInputRows(self.path, encoder, self.block_inputs_spec(encoder))
+
     def video_encoders_of(self, vid: str) -> list[str]:
         """The video encoders committed for ``vid``."""
         row = self._video_row(vid)
@@ -1136,6 +1150,7 @@ class CacheReader:
         *,
         uncovered: Uncovered = "error",
         block_inputs: str | None = None,
+        block_inputs_max_bytes: int | None = None,
     ) -> SplitArrays:
         """Load every query of `split` and its videos as dense padded arrays, in a few large reads.
 
@@ -1147,6 +1162,11 @@ class CacheReader:
             uncovered: ``error`` (default) refuses a split with uncovered queries, giving the
                 counts; ``skip`` leaves them out and counts them in ``SplitArrays.skipped_*``.
             block_inputs: also load this video encoder's block inputs (``SplitArrays.block_inputs``).
+            block_inputs_max_bytes: load them only when their padded (V, T, L, W) array takes at
+                most this many bytes (None: always); otherwise ``SplitArrays.block_inputs`` is None
+                and ``block_input_ranges`` says where each video's rows lie, to be read per batch.
+                Either way ``block_inputs_bytes`` gives the padded size. They are read one video
+                at a time, so loading them takes no memory beyond the padded array.
 
         Raises:
             MissingBlockInputsError: ``block_inputs`` names an encoder the cache has none of.
@@ -1223,12 +1243,18 @@ class CacheReader:
         timestamps = np.zeros((len(vids), t_max, 2), dtype=np.float64)
         for i, ts in enumerate(ts_all[first]):
             timestamps[i, : len(ts)] = ts
-        blocks = None
+        blocks, block_ranges, block_bytes = None, None, 0
         if block_inputs is not None:
-            blocks = np.zeros((len(vids), t_max, *block_spec.row_shape), dtype=block_spec.dtype)
-            rows = _gather_rows(self._store, block_inputs_array(block_inputs), ranges[block_inputs])
-            for i, hidden in enumerate(rows):
-                blocks[i, : len(hidden)] = hidden
+            block_ranges = ranges[block_inputs].astype(np.int64)
+            padded_shape = (len(vids), t_max, *block_spec.row_shape)
+            block_bytes = int(np.prod(padded_shape, dtype=np.int64)) * np.dtype(block_spec.dtype).itemsize
+            if block_inputs_max_bytes is None or block_bytes <= block_inputs_max_bytes:
+                # One read per video, not `_gather_rows`' slab: the slab spans every video between
+                # the split's first and last rows (other splits' too), as large as the split again.
+                blocks = np.zeros(padded_shape, dtype=block_spec.dtype)
+                name = block_inputs_array(block_inputs)
+                for i, (start, stop) in enumerate(block_ranges):
+                    blocks[i, : stop - start] = self._store.read(name, int(start), int(stop))
 
         qrows_arr = np.asarray(qrows, dtype=np.int64)
         tranges = self._query_offsets[text_encoder][qrows_arr]
@@ -1265,6 +1291,8 @@ class CacheReader:
             skipped_queries=skipped_queries,
             skipped_videos=skipped_videos,
             block_inputs=blocks,
+            block_input_ranges=block_ranges,
+            block_inputs_bytes=block_bytes,
         )
 
     def close(self) -> None:
@@ -1275,6 +1303,46 @@ class CacheReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BlockInputRows:
+    """One video encoder's block inputs left in a cache, read a row range at a time.
+
+    For training that cannot hold a split's block inputs in memory (ViT-B/32's of QVHighlights take
+    115 GB): each batch reads its videos' rows. The store is opened read-only on the first read in
+    each process and again in any other process that uses the object (a forked DataLoader worker, a
+    DDP process): an HDF5 handle must not cross a fork, and pickling drops it.
+
+    Args:
+        path: the cache (.h5 or .zarr).
+        encoder: the video encoder whose block inputs are read.
+        spec: their spec (row shape and dtype), from `CacheReader.block_inputs_spec`.
+    """
+
+    def __init__(self, path: str | os.PathLike, encoder: str, spec: BlockInputsSpec) -> None:
+        self.path, self.encoder, self.spec = Path(path), encoder, spec
+        self._store: Store | None = None
+        self._pid: int | None = None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, L, W) rows [start, stop) of the encoder's block inputs, in the stored dtype.
+
+        Raises:
+            FileNotFoundError, NotAStoreError, CacheReadError: the store is gone, is no longer a
+                groundcache store or cannot be read (each names the path).
+        """
+        if self._store is None or self._pid != os.getpid():
+            self._store, self._pid = open_store(self.path, "r"), os.getpid()
+        return self._store.read(block_inputs_array(self.encoder), start, stop)
+
+    def close(self) -> None:
+        """Close this process's handle (the next `read` opens it again)."""
+        if self._store is not None and self._pid == os.getpid():
+            self._store.close()
+        self._store = self._pid = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None, "_pid": None}
 
 
 def _check_block_inputs(vid: str, spec: BlockInputsSpec, item: VideoItem, n_features: int) -> list[str]:

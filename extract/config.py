@@ -217,9 +217,12 @@ class ExtractConfig:
             )
         added_blocks = [c.name for c in self.video_encoders if c.block_inputs and c.name in self.add_encoder]
         if added_blocks:
+            # Block inputs share their encoder's feature rows and the cache's per-video commit, so
+            # adding them later would need a commit index of their own (docs/adapter.md).
             raise ConfigError(
-                f"add_encoder: {added_blocks} ask for block_inputs, which are stored only for encoders "
-                "written with a cache; extract a new cache with them instead"
+                f"{self.output}: add_encoder {added_blocks} ask for block_inputs, which cannot be added "
+                "to an existing cache (they are written with their encoder's features); extract a new "
+                "cache with them: another output, without --add-encoder"
             )
         if self.add_encoder and self.overwrite:
             raise ConfigError("add_encoder adds to an existing cache; it cannot be combined with overwrite")

@@ -8,6 +8,10 @@ over very long ones, see `ground.module`).
 
 Under DDP each process holds every split it uses in full (on its device when `device_resident`)
 and iterates over its share of the queries (`_BatchIndices`); docs/scaling.md gives the memory.
+
+Block inputs for a visual adapter (docs/adapter.md) are the exception when they do not fit: a
+split's block inputs can be left in the cache and read per batch (`StreamedBlockInputs`), with the
+same batch contents bit for bit.
 """
 
 from __future__ import annotations
@@ -20,17 +24,60 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import psutil
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cache_schema import CacheReader, EncoderSpec, SplitArrays
-from cache_schema.store import Uncovered
+from cache_schema.store import BlockInputRows, Uncovered
 from ground.errors import UnknownEncoderError
 
 log = logging.getLogger(__name__)
 
 WindowPolicy = Literal["clip", "error"]
+
+BLOCK_INPUTS_MEMORY_FRACTION = 0.5
+"""``block_inputs_in_memory: auto`` holds a split's block inputs in memory when their padded
+(V, T, L, W) array takes at most this fraction of the memory available as the split is loaded:
+host RAM (psutil's ``available``), and also the accelerator's free memory when the split is kept there."""
+
+
+@dataclass
+class StreamedBlockInputs:
+    """A split's block inputs left in the cache, read per batch (V videos).
+
+    ``at`` returns what indexing the padded in-memory array would: the rows of the clips asked
+    for, zeros past a video's end, in the stored dtype; it reads only those clips' rows.
+    """
+
+    rows: BlockInputRows  # the cache's block-input array, opened once per process
+    ranges: np.ndarray  # (V, 2) int64 [start, stop) rows of each video in that array
+
+    def at(self, vi: Tensor, pos: Tensor) -> Tensor:
+        """(B, C, L, W) block inputs of videos `vi` (B,) at clip positions `pos` (B, C), on the CPU.
+
+        Raises:
+            CacheReadError: the cache cannot be read (names the path and the array).
+        """
+        vi, pos = vi.cpu(), pos.cpu()
+        spec = self.rows.spec
+        out = torch.zeros((*pos.shape, *spec.row_shape), dtype=getattr(torch, spec.dtype))  # (B, C, L, W)
+        done: dict[tuple[int, ...], int] = {}  # (video, *clips) -> the batch row that holds them
+        for b, (v, p) in enumerate(zip(vi.tolist(), pos, strict=True)):
+            key = (v, *p.tolist())
+            if key in done:  # another query of the same video and clips: copy, do not read again
+                out[b] = out[done[key]]
+                continue
+            done[key] = b
+            start, stop = (int(x) for x in self.ranges[v])
+            real = p < stop - start  # (C,) clips inside the video; padding stays zero
+            if not real.any():
+                continue
+            lo, hi = int(p[real].min()), int(p[real].max()) + 1
+            rows = torch.from_numpy(self.rows.read(start + lo, start + hi))  # (hi - lo, L, W)
+            out[b, real] = rows[p[real] - lo]
+        return out
 
 
 @dataclass
@@ -53,7 +100,8 @@ class SplitTensors:
     qids: list[str]
     vids: list[str]  # per query
     texts: list[str]
-    block_inputs: Tensor | None = None  # (V, T, L, W) one encoder's block inputs, when the adapter needs them
+    # (V, T, L, W) one encoder's block inputs, when the adapter needs them; left in the cache when too large
+    block_inputs: Tensor | StreamedBlockInputs | None = None
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -66,8 +114,19 @@ class SplitTensors:
         return SplitTensors(**moved)
 
     @classmethod
-    def from_arrays(cls, arrays: SplitArrays, *, split: str, policy: WindowPolicy = "clip") -> SplitTensors:
-        """Convert `load_split` output, checking windows against the features' time span."""
+    def from_arrays(
+        cls,
+        arrays: SplitArrays,
+        *,
+        split: str,
+        policy: WindowPolicy = "clip",
+        block_rows: BlockInputRows | None = None,
+    ) -> SplitTensors:
+        """Convert `load_split` output, checking windows against the features' time span.
+
+        `block_rows` reads the block inputs that `load_split` left in the cache
+        (``arrays.block_inputs`` None, ``arrays.block_input_ranges`` set); batches then read them.
+        """
         video_index = torch.from_numpy(arrays.video_index)
         lengths = arrays.video_lengths
         # The features' last window end: ground truth past it cannot be predicted.
@@ -88,6 +147,13 @@ class SplitTensors:
             log.warning("%s; clipped to the features' end", message)
             windows[:, :, 1] = np.where(past, feature_end[:, None], windows[:, :, 1])
         saliency, saliency_mask = _saliency_per_feature(arrays)
+        blocks: Tensor | StreamedBlockInputs | None = None
+        if arrays.block_inputs is not None:
+            blocks = torch.from_numpy(arrays.block_inputs)
+        elif arrays.block_input_ranges is not None:
+            if block_rows is None:
+                raise ValueError(f"split {split!r}: block inputs were left in the cache; pass block_rows")
+            blocks = StreamedBlockInputs(block_rows, arrays.block_input_ranges)
         return cls(
             video=torch.from_numpy(arrays.video),
             video_lengths=torch.from_numpy(lengths),
@@ -108,7 +174,7 @@ class SplitTensors:
             qids=arrays.qids,
             vids=[arrays.vids[i] for i in arrays.video_index],
             texts=arrays.texts,
-            block_inputs=None if arrays.block_inputs is None else torch.from_numpy(arrays.block_inputs),
+            block_inputs=blocks,
         )
 
     def gather(
@@ -131,10 +197,8 @@ class SplitTensors:
         token_lengths = self.token_lengths[idx]
         n_tok = int(token_lengths.max())
         counts = self.window_counts[idx]
-        # (B, T, L, W) block inputs for a visual adapter (ground.adapter)
-        blocks = {} if self.block_inputs is None else {"block_inputs": self.block_inputs[vi, :t]}
         return {
-            **blocks,
+            **self._block_inputs(vi, arange_t[None, :].expand(len(vi), t)),
             "video": self.video[vi, :t].float(),  # (B, T, Dv)
             "video_mask": arange_t[None, :] < lengths[:, None],  # (B, T)
             "timestamps": self.timestamps[vi, :t],  # (B, T, 2)
@@ -186,10 +250,8 @@ class SplitTensors:
         token_lengths = self.token_lengths[idx]
         n_tok = int(token_lengths.max())
         qrows = idx[:, None].expand_as(pos)
-        # (B, C, L, W) block inputs for a visual adapter (ground.adapter)
-        blocks = {} if self.block_inputs is None else {"block_inputs": self.block_inputs[rows, pos]}
         return {
-            **blocks,
+            **self._block_inputs(vi, pos),
             "video": self.video[rows, pos].float(),
             "video_mask": video_mask,
             "timestamps": timestamps,
@@ -205,6 +267,15 @@ class SplitTensors:
             "qid": [self.qids[i] for i in idx.tolist()],
             "vid": [self.vids[i] for i in idx.tolist()],
         }
+
+    def _block_inputs(self, vi: Tensor, pos: Tensor) -> dict:
+        """``{"block_inputs": (B, C, L, W)}`` of videos `vi` (B,) at clips `pos` (B, C) for a visual
+        adapter (ground.adapter), from memory or read from the cache; {} without block inputs."""
+        if self.block_inputs is None:
+            return {}
+        if isinstance(self.block_inputs, StreamedBlockInputs):
+            return {"block_inputs": self.block_inputs.at(vi, pos)}
+        return {"block_inputs": self.block_inputs[vi[:, None], pos]}
 
 
 PER_CLIP_KEYS = ("video", "video_mask", "timestamps", "saliency", "saliency_mask")
@@ -354,7 +425,11 @@ class GroundingDataModule(L.LightningDataModule):
             keeps the counts in ``skipped[split]``.
         block_inputs: a chosen video encoder whose cached block inputs every batch then carries
             (``batch["block_inputs"]`` (B, T, L, W)), for a model trained with ``adapter: lora``
-            (docs/adapter.md). The split's block inputs are held in memory like its features.
+            (docs/adapter.md).
+        block_inputs_in_memory: hold a split's block inputs in memory like its features (true),
+            or leave them in the cache and read each batch's rows from it (false; the same batches
+            bit for bit); "auto" (default) holds them when their padded (V, T, L, W) array takes at
+            most `BLOCK_INPUTS_MEMORY_FRACTION` of the memory available as the split is loaded.
 
     Raises:
         FileNotFoundError: no cache at `cache`.
@@ -385,9 +460,14 @@ class GroundingDataModule(L.LightningDataModule):
         seed: int = 0,
         uncovered: Uncovered = "error",
         block_inputs: str | None = None,
+        block_inputs_in_memory: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not (isinstance(block_inputs_in_memory, bool) or block_inputs_in_memory == "auto"):
+            raise ValueError(
+                f"block_inputs_in_memory must be true, false or 'auto', got {block_inputs_in_memory!r}"
+            )
         self.cache = Path(cache)
         with CacheReader(self.cache) as reader:
             self.video_specs = self._choose_video(reader, video_encoders)
@@ -479,7 +559,11 @@ class GroundingDataModule(L.LightningDataModule):
                     self.text_spec.name,
                     uncovered=self.hparams.uncovered,
                     block_inputs=self.hparams.block_inputs,
+                    block_inputs_max_bytes=self._block_inputs_budget(),
                 )
+                block_rows = None
+                if arrays.block_input_ranges is not None and arrays.block_inputs is None:
+                    block_rows = reader.block_input_rows(self.hparams.block_inputs)
             self.skipped[split] = (arrays.skipped_queries, arrays.skipped_videos)
             if arrays.skipped_queries:
                 log.warning(
@@ -489,12 +573,41 @@ class GroundingDataModule(L.LightningDataModule):
                     arrays.skipped_videos,
                     [s.name for s in self.video_specs] + [self.text_spec.name],
                 )
-            tensors = SplitTensors.from_arrays(arrays, split=split, policy=self.hparams.window_policy)
+            if arrays.block_input_ranges is not None:
+                log.info(
+                    "split %r: block inputs of %r take %.2f GB padded: %s",
+                    split,
+                    self.hparams.block_inputs,
+                    arrays.block_inputs_bytes / 1e9,
+                    "read per batch from the cache" if block_rows is not None else "held in memory",
+                )
+            tensors = SplitTensors.from_arrays(
+                arrays, split=split, policy=self.hparams.window_policy, block_rows=block_rows
+            )
             device = self._device()
             if self.hparams.device_resident and device.type != "cpu":
                 tensors = tensors.to(device)
             self.splits[split] = tensors
         return self.splits[split]
+
+    def _block_inputs_budget(self) -> int | None:
+        """Bytes a split's block inputs may take in memory (`load_split`'s ``block_inputs_max_bytes``)."""
+        mode = self.hparams.block_inputs_in_memory
+        if mode is True:
+            return None
+        if mode is False:
+            return 0  # a split has at least one clip, so its block inputs take more
+        available = psutil.virtual_memory().available
+        device = self._device()
+        if self.hparams.device_resident and device.type == "cuda":
+            available = min(available, torch.cuda.mem_get_info(device)[0])
+        return int(BLOCK_INPUTS_MEMORY_FRACTION * available)
+
+    def teardown(self, stage: str) -> None:
+        """Close the cache handles of streamed block inputs (a later batch opens them again)."""
+        for tensors in self.splits.values():
+            if isinstance(tensors.block_inputs, StreamedBlockInputs):
+                tensors.block_inputs.rows.close()
 
     def _device(self) -> torch.device:
         trainer = getattr(self, "trainer", None)

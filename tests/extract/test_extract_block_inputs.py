@@ -143,6 +143,22 @@ def test_k_beyond_the_depth_is_one_line_naming_both(
     assert "Traceback" not in err
 
 
+def test_adding_block_inputs_to_an_existing_cache_is_one_line_naming_it(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cache.h5"
+    assert main(["--config", str(write_config(tmp_path / "a.yaml", dataset, out))]) == 0
+    capsys.readouterr()
+    config = write_config(tmp_path / "b.yaml", dataset, out, video_encoders=BLOCKS)
+    assert main(["--config", str(config), "--add-encoder", ENCODER]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{out}: add_encoder ['{ENCODER}'] ask for block_inputs" in err
+    assert "extract a new cache with them" in err
+    with CacheReader(out) as reader:
+        assert reader.block_inputs == {}
+
+
 def test_a_run_larger_than_the_free_disk_is_refused_with_both_numbers(
     dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

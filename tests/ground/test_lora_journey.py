@@ -4,9 +4,12 @@ synthetic extract with block inputs -> `ground fit --model.adapter lora` (its lo
 the checkpoint in every consumer: Grounder, ground-video, predict, report, export and serve.
 Answers on a raw video equal the frozen path's when the LoRA update is zero and differ when not.
 
-The tests on the trained checkpoint are `slow` (`make test-slow`: an 8-epoch LoRA fit and every
-consumer, several CPU minutes); the default suite keeps the one-line refusal of a cache without
-block inputs, and tests/ground/test_adapter.py covers the adapter itself.
+The tests on the 8-epoch checkpoint are `slow` (`make test-slow`: the fit and every consumer,
+several CPU minutes). The default suite runs the user's path cheaply: a 3-video extraction, a
+1-epoch fit reading block inputs per batch from the cache, and `ground-video` with its checkpoint,
+each command's `main` in this process on the previous one's output (a subprocess each would add
+the ~14 CPU s of importing torch and Lightning three times); and the one-line refusal of a cache
+without block inputs. tests/ground/test_adapter.py covers the adapter itself.
 """
 
 from __future__ import annotations
@@ -22,8 +25,20 @@ import pytest
 import torch
 from commands import DATA_CONFIG, MODEL_CONFIG, QUIET, REPO, TINY_SPAN, run
 
+from cache_schema import CacheReader
+from extract.__main__ import main as extract_main
+from ground.__main__ import main as ground_main
+
 N_VIDEOS = 10
 LORA = ["--model.adapter", "lora", "--data.block_inputs", "tiny_clip"]
+EXTRACT_WITH_BLOCK_INPUTS = [
+    "--config",
+    str(REPO / "extract" / "configs" / "synthetic.yaml"),
+    "--num_workers",
+    "0",
+    "--video_encoders",
+    "[{name: tiny_clip, weights: none, block_inputs: 1}]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +48,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(workdir: Path) -> Path:
-    run(
-        workdir,
-        "extract",
-        "--config",
-        str(REPO / "extract" / "configs" / "synthetic.yaml"),
-        "--synthetic.n_videos",
-        str(N_VIDEOS),
-        "--num_workers",
-        "0",
-        "--video_encoders",
-        "[{name: tiny_clip, weights: none, block_inputs: 1}]",
-    )
+    run(workdir, "extract", *EXTRACT_WITH_BLOCK_INPUTS, "--synthetic.n_videos", str(N_VIDEOS))
     return workdir / "data" / "synthetic" / "cache.h5"
 
 
@@ -233,6 +237,82 @@ def test_serve_answers_with_the_adapter(fit: tuple[Path, Path], cache: Path, ann
     assert response.status_code == 200, response.text
     [result] = response.json()["results"]
     assert 1 <= len(result["windows"]) <= 3 and 0 <= result["presence"] <= 1
+
+
+def _ground_video(ckpt: Path, video: Path, query: str, capsys: pytest.CaptureFixture[str]) -> dict:
+    argv = ["ground-video", "--ckpt", str(ckpt), "--video", str(video), "--query", query, "--json"]
+    assert ground_main(argv) == 0
+    [answer] = json.loads(capsys.readouterr().out)
+    return answer
+
+
+def _windows(answer: dict) -> np.ndarray:
+    return np.array([[w["start_sec"], w["end_sec"], w["score"]] for w in answer["windows"]])  # (K, 3)
+
+
+def test_extract_fit_and_ground_video_with_the_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """extract with block inputs -> fit (streamed block inputs) -> ground-video, in about 10 CPU s.
+
+    The trained checkpoint's answers differ from the frozen path's (the same checkpoint without its
+    adapter); with its LoRA update zeroed they equal them.
+    """
+    monkeypatch.chdir(tmp_path)  # the synthetic configs' paths are relative, as for a user in the repo
+    assert extract_main([*EXTRACT_WITH_BLOCK_INPUTS, "--synthetic.n_videos", "3"]) == 0
+    cache = tmp_path / "data" / "synthetic" / "cache.h5"
+    with CacheReader(cache) as reader:
+        assert reader.block_inputs["tiny_clip"].blocks == 1
+        assert reader.coverage()["video"]["tiny_clip"] == 3
+    capsys.readouterr()
+
+    fit = [
+        "fit", "--data", str(DATA_CONFIG), "--model", str(MODEL_CONFIG), *TINY_SPAN, *LORA,
+        "--data.block_inputs_in_memory", "false", "--data.batch_size", "2", "--model.lr", "3e-2",
+        "--trainer.max_epochs", "1", *QUIET,
+    ]  # fmt: skip
+    assert ground_main(fit) == 0
+    [best] = re.findall(r"^best checkpoint: (.+\.ckpt)$", capsys.readouterr().out, flags=re.M)
+    trained = tmp_path / best
+    checkpoint = torch.load(trained, weights_only=True)
+    assert checkpoint["datamodule_hyper_parameters"]["block_inputs_in_memory"] is False
+    lora = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("adapter.")}
+    assert lora and all(".lora_A." in k or ".lora_B." in k for k in lora)
+    # Trained from the streamed block inputs: peft starts every B at zero.
+    assert any(float(v.abs().max()) > 0 for k, v in lora.items() if ".lora_B." in k)
+
+    # The same network with a zero LoRA update, and without the adapter (the frozen path).
+    zero = copy.deepcopy(checkpoint)
+    for key in lora:
+        if ".lora_B." in key:
+            zero["state_dict"][key] = torch.zeros_like(lora[key])
+    torch.save(zero, tmp_path / "zero.ckpt")
+    frozen = copy.deepcopy(checkpoint)
+    frozen["state_dict"] = {k: v for k, v in frozen["state_dict"].items() if k not in lora}
+    frozen["hyper_parameters"].update(adapter=None, adapter_source=None)
+    torch.save(frozen, tmp_path / "frozen.ckpt")
+
+    row = json.loads((cache.parent / "annotations.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    video = cache.parent / row["video"]
+    answers = {
+        name: _ground_video(path, video, row["query"], capsys)
+        for name, path in [
+            ("trained", trained),
+            ("zero", tmp_path / "zero.ckpt"),
+            ("frozen", tmp_path / "frozen.ckpt"),
+        ]
+    }
+    for answer in answers.values():
+        windows = _windows(answer)
+        assert answer["duration_sec"] == pytest.approx(row["duration"], abs=0.05)
+        assert len(windows) >= 1 and np.isfinite(windows).all()
+        assert (windows[:, 0] >= 0).all() and (windows[:, 0] < windows[:, 1]).all()
+        assert (windows[:, 1] <= answer["duration_sec"] + 1e-6).all()
+    np.testing.assert_allclose(_windows(answers["zero"]), _windows(answers["frozen"]), atol=1e-3)
+    assert answers["zero"]["presence"] == pytest.approx(answers["frozen"]["presence"], abs=1e-4)
+    moved_presence = answers["trained"]["presence"] != pytest.approx(answers["frozen"]["presence"], abs=1e-4)
+    moved_windows = not np.allclose(_windows(answers["trained"]), _windows(answers["frozen"]), atol=1e-3)
+    assert moved_presence or moved_windows
 
 
 def test_fit_on_a_cache_without_block_inputs_is_one_line(workdir: Path, tmp_path: Path) -> None:
