@@ -1045,7 +1045,8 @@ class CacheReader:
             raise MissingBlockInputsError(
                 f"{self.path}: the cache has no block inputs of video encoder {encoder!r} (it has them of "
                 f"{sorted(self.block_inputs) or 'no encoder'}); extract them with the encoder's "
-                f"block_inputs option, e.g. video_encoders=[{{name: {encoder}, block_inputs: 4}}]"
+                f"block_inputs option, video_encoders=[{{name: {encoder}, block_inputs: K}}] with K the "
+                f"number of last blocks to adapt (1 to the encoder's depth)"
             )
         return self.block_inputs[encoder]
 
