@@ -9,7 +9,8 @@ On the synthetic dataset (``extract.synthetic``, generated into a temporary fold
    folder is moved away first, so this step could not decode a video if it tried.
 
 Each step runs the real command (``python -m extract``'s config parser and run, in this process)
-and is timed wall clock, model building included. Per step the table gives the videos decoded,
+and is timed, model building included: wall seconds, and CPU seconds (user + system of this
+process and its reaped children, the decode workers). Per step the table gives the videos decoded,
 the frames (features) each video encoder computed, the queries text-encoded and the bytes written
 (the cache's growth on disk).
 
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -51,6 +53,8 @@ class Step:
 
     name: str
     seconds: float
+    cpu_seconds: float
+    """User + system time of this process and its reaped children (the decode workers)."""
     videos_decoded: int
     frames: int
     """Features computed per video encoder run (one frame each at 1 fps)."""
@@ -82,6 +86,11 @@ def _size(path: Path) -> int:
         store.close()
 
 
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _timed(name: str, argv: list[str], cache: Path, *, new_cache: bool) -> Step:
     """Run ``python -m extract`` with ``argv`` (its parser and run, in this process) and time it.
 
@@ -93,13 +102,14 @@ def _timed(name: str, argv: list[str], cache: Path, *, new_cache: bool) -> Step:
     from extract.pipeline import run
 
     before = 0 if new_cache else _size(cache)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     config = parse_config(argv)
     summary = run_add(config) if config.add_encoder else run(config)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
     if summary.exit_code != 0:
         raise BenchGrowError(f"{name}: python -m extract {' '.join(argv)} exited {summary.exit_code}")
-    return Step(name, seconds, summary.done, summary.frames, summary.queries_written, _size(cache) - before)
+    written = _size(cache) - before
+    return Step(name, seconds, cpu_seconds, summary.done, summary.frames, summary.queries_written, written)
 
 
 def _use_query_texts(annotations: Path, files: Sequence[Path]) -> None:
@@ -205,14 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load average (1 min) {load_start[0]:.2f} at start, {load_end[0]:.2f} at end\n"
     )
     print(
-        "| step | seconds | videos decoded | frames per video encoder | queries text-encoded "
+        "| step | seconds | CPU seconds | videos decoded | frames per video encoder | queries text-encoded "
         "| bytes written |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for step in steps:
         print(
-            f"| {step.name} | {step.seconds:.1f} | {step.videos_decoded:,} | {step.frames:,} | "
-            f"{step.queries:,} | {step.bytes_written:,} |"
+            f"| {step.name} | {step.seconds:.1f} | {step.cpu_seconds:.1f} | {step.videos_decoded:,} | "
+            f"{step.frames:,} | {step.queries:,} | {step.bytes_written:,} |"
         )
     return 0
 
