@@ -46,3 +46,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def cache_path(tmp_path: Path, backend: str) -> Path:
     return tmp_path / ("cache.h5" if backend == "hdf5" else "cache.zarr")
+
+
+def record_encode_rows(encoder) -> list[int]:
+    """Wrap ``encoder.encode_video`` on the instance so every forward pass's row count is appended
+    to the returned list; ``del encoder.encode_video`` restores the class's method."""
+    rows: list[int] = []
+    encode_video = encoder.encode_video
+
+    def counted(frames):
+        rows.append(frames.shape[0])
+        return encode_video(frames)
+
+    encoder.encode_video = counted
+    return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import record_encode_rows
 
 from extract.api import FeatureExtractor, _pad_rows, encode_frames
 from extract.encoders import build_encoder
@@ -31,15 +32,7 @@ def test_pow2_padding_is_capped_at_the_batch_and_checked() -> None:
 def _counting_encoder():
     """tiny_clip (random init, batch 64) whose forward passes' row counts are recorded."""
     encoder = build_encoder("tiny_clip", weights="none", batch_size=BATCH)
-    rows: list[int] = []
-    encode_video = encoder.encode_video
-
-    def counted(frames: np.ndarray):
-        rows.append(frames.shape[0])
-        return encode_video(frames)
-
-    encoder.encode_video = counted
-    return encoder, rows
+    return encoder, record_encode_rows(encoder)
 
 
 def _frames(n: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import record_encode_rows
 from test_predict import World, grounding_world
 
 from ground.models.blocks import Predictions
@@ -219,14 +220,7 @@ def test_stream_features_equal_the_offline_features(oracle: Grounder, stream_fil
 def test_the_watcher_encodes_only_the_new_frames(oracle: Grounder, stream_file: Path) -> None:
     """Each pass encodes the frames that came since the last one: 1 row a hop at hop 1 s, not 64."""
     encoder = oracle._feature_extractor().video_encoders["tiny_clip"]
-    rows: list[int] = []
-    encode_video = encoder.encode_video
-
-    def counted(frames: np.ndarray):
-        rows.append(frames.shape[0])
-        return encode_video(frames)
-
-    encoder.encode_video = counted
+    rows = record_encode_rows(encoder)
     try:
         events, summary = _run(oracle, StreamSource(str(stream_file), fps=1.0, speed=0))
     finally:
