@@ -274,7 +274,7 @@ class SplitTensors:
         if self.block_inputs is None:
             return {}
         if isinstance(self.block_inputs, StreamedBlockInputs):
-            return {"block_inputs": self.block_inputs.at(vi, pos)}
+            return {"block_inputs": self.block_inputs.at(vi, pos).to(pos.device)}  # read on the CPU
         return {"block_inputs": self.block_inputs[vi[:, None], pos]}
 
 
