@@ -30,6 +30,7 @@ policy of every command (`ground.threads`: 1, or `$GROUNDCACHE_TORCH_THREADS`).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 import time
@@ -100,10 +101,12 @@ def ensure_cache(workdir: Path, shape: Shape) -> Path:
     return cache
 
 
-def build_net(name: str, data: GroundingDataModule, device: torch.device) -> nn.Module:
-    """`name` with its config's hyperparameters, in training mode on `device`."""
+def build_net(name: str, data: GroundingDataModule, device: torch.device,
+              overrides: dict | None = None) -> nn.Module:
+    """`name` with its config's hyperparameters updated by `overrides`, in training mode on `device`."""
     hparams = yaml.safe_load((REPO / "ground" / "configs" / "model" / f"{name}.yaml").read_text())["hparams"]
-    net = build_model(name, video_dim=data.video_dim, text_dim=data.text_dim, **(hparams or {}))
+    hparams = {**(hparams or {}), **(overrides or {})}
+    net = build_model(name, video_dim=data.video_dim, text_dim=data.text_dim, **hparams)
     return net.to(device).train()
 
 
@@ -328,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     default = Shape()
     parser.add_argument("--model", default="span", help="a registered trainable model, or `all`")
+    parser.add_argument(
+        "--hparams", type=json.loads, default=None, metavar="JSON",
+        help='network arguments over the model\'s config, e.g. \'{"hidden_dim": 128}\'',
+    )
     parser.add_argument("--queries", type=int, default=default.queries)
     parser.add_argument("--clips", type=int, default=default.clips)
     parser.add_argument("--video-dim", type=int, default=default.video_dim)
@@ -415,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, extra = [], []
     for name in names:
-        net = build_net(name, data, device)
+        net = build_net(name, data, device, args.hparams)
         step = make_step(
             net,
             split,

@@ -80,23 +80,48 @@ class FusionLayer(nn.Module):
 
 
 class QuerySaliencyHead(nn.Module):
-    """Per-clip saliency: each clip's context feature against a direction chosen by the query.
+    """Per-clip saliency: each clip's context feature against a direction chosen by the query,
+    plus, optionally, the `probe`'s bilinear term on the frozen features.
 
-    ``s_t = c_t . (W q + b) / sqrt(D)``, with ``c_t`` the clip's context (projection and conv
-    stack, before positions and fusion) and ``q`` the mean of the projected query tokens. A
-    bilinear read-out like the `probe`'s, on features one conv stack away from the frozen ones:
-    the fused features after the span-oriented layers learned saliency more slowly
-    (docs/models.md).
+    ``s_t = c_t . (W q + b) / sqrt(D) + [t^T P v_t + u^T v_t]``, with ``c_t`` the clip's context
+    (projection and conv stack, before positions and fusion), ``q`` the mean of the projected
+    query tokens, ``t`` the mean of the query's L2-normalised token features as cached and ``v_t``
+    the clip's feature as cached. The first term is a bilinear read-out one conv stack away from
+    the frozen features: the fused features after the span-oriented layers learned saliency more
+    slowly. The second is exactly the `probe`'s model (``P``, ``u`` start at zero), so the head can
+    reach whatever a linear read-out of the frozen features gives (docs/models.md, "Why span's
+    saliency lost to the probe").
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, video_dim: int | None = None, text_dim: int | None = None,
+                 context: bool = True) -> None:
+        """Args:
+        dim: hidden size D of the context and the projected query.
+        video_dim, text_dim: sizes of the cached features for the probe term, or both None
+            for no probe term.
+        context: include the context term (at least one of the two terms is required).
+        """
         super().__init__()
-        self.query = nn.Linear(dim, dim)
+        if not context and (video_dim is None or text_dim is None):
+            raise ValueError("span: the saliency head needs the context term, the probe term or both")
+        self.query = nn.Linear(dim, dim) if context else None
+        self.probe = video_dim is not None and text_dim is not None
+        if self.probe:
+            self.bilinear = nn.Parameter(torch.zeros(text_dim, video_dim))  # P (Dt, Dv)
+            self.linear = nn.Parameter(torch.zeros(video_dim))  # u (Dv,)
 
-    def forward(self, context: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
-        """context (B, T, D), text (B, L, D) projected tokens -> (B, T) scores, ``-inf`` on padding."""
-        direction = self.query(masked_mean(text, text_mask))  # (B, D)
-        scores = torch.einsum("btd,bd->bt", context, direction) / context.shape[-1] ** 0.5  # (B, T)
+    def forward(self, context: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor,
+                video: Tensor | None = None, tokens: Tensor | None = None) -> Tensor:
+        """context (B, T, D), text (B, L, D) projected tokens, video (B, T, Dv) and tokens
+        (B, L, Dt) as cached (needed with the probe term) -> (B, T) scores, ``-inf`` on padding."""
+        scores = context.new_zeros(context.shape[:2])  # (B, T)
+        if self.query is not None:
+            direction = self.query(masked_mean(text, text_mask))  # (B, D)
+            scores = scores + torch.einsum("btd,bd->bt", context, direction) / context.shape[-1] ** 0.5
+        if self.probe:
+            query = masked_mean(F.normalize(tokens, dim=-1), text_mask)  # (B, Dt) t
+            weights = query.to(self.bilinear.dtype) @ self.bilinear + self.linear  # (B, Dv)
+            scores = scores + torch.einsum("btd,bd->bt", video.to(weights.dtype), weights)
         return scores.masked_fill(~video_mask, float("-inf"))
 
 
@@ -133,12 +158,12 @@ class SpanNet(nn.Module):
         self,
         video_dim: int,
         text_dim: int,
-        hidden_dim: int = 256,
-        num_layers: int = 4,
-        num_heads: int = 8,
+        hidden_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
         conv_dilations: tuple[int, ...] = (1, 2, 4, 8),
         conv_kernel_size: int = 5,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         position_scale: float = 1000.0,
         boundary_sigma_clips: float = 1.0,
         max_span_sec: float | None = None,
@@ -149,6 +174,9 @@ class SpanNet(nn.Module):
         saliency_weight: float = 1.0,
         saliency_margin: float = 0.2,
         presence_negative_fraction: float = 0.25,
+        saliency_probe: bool = True,
+        saliency_context: bool = False,
+        saliency_to_fusion: bool = True,
     ) -> None:
         """Build the network.
 
@@ -173,6 +201,12 @@ class SpanNet(nn.Module):
             presence_negative_fraction: fraction of each training batch, in (0, 1], whose query is
                 also paired with another video for a presence negative (1.0: every query). Each
                 negative costs a second pass through the fusion layers; see docs/benchmarks.md.
+            saliency_probe: add the `probe`'s bilinear term on the cached features to the
+                saliency head (``QuerySaliencyHead``).
+            saliency_context: also give the saliency head its term on the clip context (it
+                overfitted small training sets; docs/models.md).
+            saliency_to_fusion: give the fusion layers each clip's saliency score (detached, so
+                only the saliency losses train it) as a learned embedding added to the clip.
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -212,7 +246,10 @@ class SpanNet(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(hidden_dim)
         self.span_head = nn.Linear(hidden_dim, 2)
-        self.saliency_head = QuerySaliencyHead(hidden_dim)
+        self.saliency_head = QuerySaliencyHead(
+            hidden_dim, *((video_dim, text_dim) if saliency_probe else (None, None)), context=saliency_context
+        )
+        self.saliency_embed = nn.Linear(1, hidden_dim) if saliency_to_fusion else None
         self.presence_head = nn.Sequential(
             nn.Linear(2 * hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1)
         )
@@ -232,22 +269,30 @@ class SpanNet(nn.Module):
             x = conv(x, video_mask)  # (B, T, D)
         return x, x + self.position(timestamps, duration).to(x.dtype)
 
-    def attend(self, clips: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
-        """Clips read the projected query. clips (B, T, D), text (B, L, D) projected -> (B, T, D)."""
+    def attend(self, clips: Tensor, video_mask: Tensor, text: Tensor, text_mask: Tensor,
+               saliency: Tensor | None = None) -> Tensor:
+        """Clips read the projected query. clips (B, T, D), text (B, L, D) projected, saliency
+        (B, T) the head's scores (``-inf`` on padding; read only with ``saliency_to_fusion``)
+        -> (B, T, D)."""
+        if self.saliency_embed is not None:
+            evidence = saliency.detach().masked_fill(~video_mask, 0.0).unsqueeze(-1)  # (B, T, 1)
+            clips = clips + self.saliency_embed(evidence.to(clips.dtype))  # (B, T, D)
         for layer in self.layers:
             clips = layer(clips, video_mask, text, text_mask)  # (B, T, D)
         return self.final_norm(clips)
 
     def fuse(self, video: Tensor, video_mask: Tensor, timestamps: Tensor, duration: Tensor,
-             text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Clip context and query-aware clip features. video (B, T, Dv), text (B, L, Dt).
+             text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Saliency and query-aware clip features. video (B, T, Dv), text (B, L, Dt) as cached.
 
         Returns:
-            The clip context (B, T, D) (`encode_video`), and the fused features (B, T, D) after
-            positions and the fusion layers.
+            The clip context (B, T, D) (`encode_video`), the saliency scores (B, T) (``-inf`` on
+            padding), and the fused features (B, T, D) after positions and the fusion layers.
         """
         context, clips = self.encode_video(video, video_mask, timestamps, duration)  # (B, T, D) each
-        return context, self.attend(clips, video_mask, self.text_proj(text), text_mask)
+        projected = self.text_proj(text)  # (B, L, D)
+        saliency = self.saliency_head(context, video_mask, projected, text_mask, video, text)  # (B, T)
+        return context, saliency, self.attend(clips, video_mask, projected, text_mask, saliency)
 
     def presence_logit(self, frames: Tensor, video_mask: Tensor) -> Tensor:
         """frames (B, T, D) -> (B,) logit that the query's event is in the video."""
@@ -270,14 +315,15 @@ class SpanNet(nn.Module):
             ``negative_valid`` (M,) bool.
         """
         self._check_batch(batch)
+        video, tokens = batch["video"], batch["text"]
         video_mask, text_mask = batch["video_mask"], batch["text_mask"]
-        context, clips = self.encode_video(batch["video"], video_mask, batch["timestamps"],
+        context, clips = self.encode_video(video, video_mask, batch["timestamps"],
                                            batch["duration"])  # (B, T, D) each
-        text = self.text_proj(batch["text"])  # (B, L, D)
-        frames = self.attend(clips, video_mask, text, text_mask)  # (B, T, D)
+        text = self.text_proj(tokens)  # (B, L, D)
+        saliency = self.saliency_head(context, video_mask, text, text_mask, video, tokens)  # (B, T)
+        frames = self.attend(clips, video_mask, text, text_mask, saliency)  # (B, T, D)
         padding = ~video_mask.unsqueeze(-1)  # (B, T, 1)
         span_logits = self.span_head(frames).masked_fill(padding, float("-inf"))  # (B, T, 2)
-        saliency = self.saliency_head(context, video_mask, text, text_mask)  # (B, T)
         output = {
             "start_logits": span_logits[..., 0],
             "end_logits": span_logits[..., 1],
@@ -287,8 +333,13 @@ class SpanNet(nn.Module):
         if self.training:
             n_neg = math.ceil(self.presence_negative_fraction * len(clips))
             rolled_mask = video_mask.roll(1, dims=0)[:n_neg]  # (M, T)
-            negative_frames = self.attend(clips.roll(1, dims=0)[:n_neg], rolled_mask,
-                                          text[:n_neg], text_mask[:n_neg])  # (M, T, D)
+            negative_saliency = None
+            if self.saliency_embed is not None:  # the rolled video's clips against this query
+                negative_saliency = self.saliency_head(
+                    context.roll(1, dims=0)[:n_neg], rolled_mask, text[:n_neg], text_mask[:n_neg],
+                    video.roll(1, dims=0)[:n_neg], tokens[:n_neg])  # (M, T)
+            negative_frames = self.attend(clips.roll(1, dims=0)[:n_neg], rolled_mask, text[:n_neg],
+                                          text_mask[:n_neg], negative_saliency)  # (M, T, D)
             vids = list(batch["vid"])
             rolled_vids = vids[-1:] + vids[:-1]
             output["presence_logit_negative"] = self.presence_logit(negative_frames, rolled_mask)  # (M,)

@@ -255,6 +255,8 @@ def test_span_rejects_inconsistent_hparams_and_features() -> None:
         SpanNet(video_dim=4, text_dim=4, hidden_dim=30, num_heads=4)
     with pytest.raises(ValueError, match="odd"):
         SpanNet(video_dim=4, text_dim=4, conv_kernel_size=4)
+    with pytest.raises(ValueError, match="context term, the probe term or both"):
+        SpanNet(video_dim=4, text_dim=4, saliency_probe=False, saliency_context=False)
     with pytest.raises(ValueError, match="max_span_fraction"):
         SpanNet(video_dim=4, text_dim=4, max_span_fraction=0.0)
     model = SpanNet(video_dim=VIDEO_DIM + 1, text_dim=TEXT_DIM, hidden_dim=32, num_heads=4)
@@ -423,6 +425,27 @@ def test_query_saliency_head_by_hand() -> None:
     # Query = mean of the real tokens = [1, 0, 0, 0]; scores = context . query / sqrt(4).
     assert scores[0, :2].tolist() == pytest.approx([0.5, 0.0])
     assert torch.isneginf(scores[0, 2])
+
+
+def test_query_saliency_head_probe_term_is_the_probes_model() -> None:
+    """With the probe term, the head adds exactly `probe`'s ``t^T P v + u^T v`` on the cached features."""
+    from ground.models.probe import ProbeNet
+
+    torch.manual_seed(1)
+    head = QuerySaliencyHead(4, video_dim=VIDEO_DIM, text_dim=TEXT_DIM)
+    probe = ProbeNet(VIDEO_DIM, TEXT_DIM)
+    with torch.no_grad():
+        head.bilinear.copy_(probe.bilinear)
+        head.linear.copy_(probe.linear)
+    batch = make_batch([6, 4], seed=2)
+    context = torch.randn(2, batch["video"].shape[1], 4)
+    text = torch.randn(2, batch["text"].shape[1], 4)
+    plain = QuerySaliencyHead(4)
+    plain.load_state_dict(head.state_dict(), strict=False)
+    expected = plain(context, batch["video_mask"], text, batch["text_mask"]) + probe(batch)["logits"]
+    scores = head(context, batch["video_mask"], text, batch["text_mask"], batch["video"], batch["text"])
+    torch.testing.assert_close(scores, expected)
+    assert torch.isneginf(scores[1, 4:]).all()
 
 
 def test_span_overfits_eight_samples() -> None:

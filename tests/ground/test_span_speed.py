@@ -19,18 +19,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 def old_negative_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The previous path: a whole second `fuse` over the batch's videos rolled by one."""
     rolled = {key: batch[key].roll(1, dims=0) for key in ("video", "video_mask", "timestamps", "duration")}
-    _, frames = model.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"], rolled["duration"],
-                           batch["text"], batch["text_mask"])  # (B, T, D)
+    _, _, frames = model.fuse(rolled["video"], rolled["video_mask"], rolled["timestamps"], rolled["duration"],
+                              batch["text"], batch["text_mask"])  # (B, T, D)
     return model.presence_logit(frames, rolled["video_mask"])  # (B,)
 
 
 def test_reused_video_branch_gives_the_old_negatives_and_outputs() -> None:
     batch = make_batch([6, 8, 5, 8, 3], seed=3)
     model = tiny_span(presence_negative_fraction=1.0).train()  # dropout 0: deterministic in train mode
-    with torch.no_grad():
+    with torch.no_grad():  # the probe term starts at zero; make the saliency the fusion reads non-trivial
+        model.saliency_head.bilinear.normal_()
+        model.saliency_head.linear.normal_()
         output = model(batch)
         expected_negative = old_negative_logits(model, batch)
-        _, frames = model.fuse(batch["video"], batch["video_mask"], batch["timestamps"], batch["duration"],
+        _, _, frames = model.fuse(batch["video"], batch["video_mask"], batch["timestamps"], batch["duration"],
                                batch["text"], batch["text_mask"])
     torch.testing.assert_close(output["presence_logit_negative"], expected_negative, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(output["presence_logit"], model.presence_logit(frames, batch["video_mask"]))
