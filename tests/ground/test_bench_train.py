@@ -124,7 +124,7 @@ def test_an_unknown_model_is_one_line_naming_it(tmp_path: Path, capsys: pytest.C
     assert "--model 'nope'" in capsys.readouterr().err
 
 
-def test_zoo_table_has_a_samples_per_second_column() -> None:
+def test_zoo_table_has_a_samples_per_cpu_second_column() -> None:
     from ground.zoo import table
 
     rows = [
@@ -135,5 +135,5 @@ def test_zoo_table_has_a_samples_per_second_column() -> None:
     ]
     lines = table(rows, Path("/tmp/cache.h5"), "test machine").splitlines()
     header = [cell.strip() for cell in lines[2].split("|")]
-    column = header.index("train samples/s (QVHighlights shape)")
+    column = header.index("train samples per CPU s (QVHighlights shape)")
     assert [line.split("|")[column].strip() for line in lines[4:]] == ["8.9", "-"]
