@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ground.models import register_model
 from ground.models.blocks import (
+    ClipEvidence,
     FeedForward,
     MaskedAttention,
     Predictions,
@@ -182,6 +183,8 @@ class CapsuleNet(nn.Module):
         decode_mode: DecodeMode = "soft",
         max_span_fraction: float = 1.0,
         nms_iou_threshold: float | None = 0.7,
+        clip_evidence: bool = True,
+        evidence_weight: float = 1.0,
     ) -> None:
         """Build the network.
 
@@ -207,6 +210,10 @@ class CapsuleNet(nn.Module):
             decode_mode: ``"soft"`` (expected boundaries first) or ``"argmax"`` (best spans only).
             max_span_fraction: longest decoded span as a fraction of the video duration, in (0, 1].
             nms_iou_threshold: IoU above which a lower-ranked decoded window is suppressed, or None.
+            clip_evidence: add the `probe`'s clip-query score on the cached features
+                (``blocks.ClipEvidence``) to the clips before the multi-scale encoder; it is
+                also the saliency output.
+            evidence_weight: weight of that score's clip cross-entropy in the loss.
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -262,6 +269,8 @@ class CapsuleNet(nn.Module):
         )
         self.align_video = nn.Linear(hidden_dim, hidden_dim)
         self.align_text = nn.Linear(hidden_dim, hidden_dim)
+        self.evidence_weight = evidence_weight
+        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the network the current (0-based) training epoch; it gates the diversity loss."""
@@ -283,6 +292,10 @@ class CapsuleNet(nn.Module):
         centre_sec = batch["timestamps"].mean(dim=-1)  # (B, T)
         x = self.video_proj(batch["video"])  # (B, T, D)
         x = (x + sinusoidal_encoding(centre_sec, self.hidden_dim).to(x.dtype)) * keep
+        evidence = None
+        if self.evidence is not None:
+            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
+            x = x + self.evidence.embed(evidence, video_mask)  # (B, T, D)
         x = self.encoder(x, video_mask)  # (B, T, D)
         text = self.text_proj(batch["text"])  # (B, L, D)
 
@@ -296,13 +309,16 @@ class CapsuleNet(nn.Module):
             frames = layer(frames, video_mask, context, text_mask)  # (B, T, D)
 
         logits = self.head(frames).masked_fill(~keep, float("-inf"))  # (B, T, 2)
-        return {
+        output = {
             "start_logits": logits[..., 0],
             "end_logits": logits[..., 1],
             "clip_embedding": F.normalize(self.align_video(x), dim=-1) * keep,
             "query_embedding": F.normalize(self.align_text(masked_mean(text, text_mask)), dim=-1),
             "capsules": capsules,
         }
+        if evidence is not None:
+            output["saliency"] = evidence
+        return output
 
     def _check_batch(self, batch: dict) -> None:
         check_batch("capsule", batch, self.video_dim, self.text_dim)
@@ -326,7 +342,11 @@ class CapsuleNet(nn.Module):
         diversity_weight = self.diversity_weight if self.epoch >= self.diversity_start_epoch else 0.0
         total = (self.localization_weight * localization + self.alignment_weight * alignment
                  + diversity_weight * diversity)
-        return {"loss": total, "localization": localization, "alignment": alignment, "diversity": diversity}
+        parts = {"localization": localization, "alignment": alignment, "diversity": diversity}
+        if "saliency" in output:
+            parts["evidence"] = ClipEvidence.loss(output["saliency"], batch)
+            total = total + self.evidence_weight * parts["evidence"]
+        return {"loss": total, **parts}
 
     def _localization_loss(self, output: dict[str, Tensor], batch: dict, gt: Tensor) -> Tensor:
         """Per-clip BCE of start and end against Gaussians of the boundary (paper eq. 17).
@@ -391,7 +411,7 @@ class CapsuleNet(nn.Module):
         if self.decode_mode == "argmax":
             windows, scores = decode_spans(output["start_logits"], output["end_logits"], timestamps, mask,
                                            limit_sec, k, self.nms_iou_threshold)
-            return Predictions(windows=windows, scores=scores)
+            return Predictions(windows=windows, scores=scores, saliency=output.get("saliency"))
         # Soft expectation: the expected window first, then spans that do not repeat it. Twice k
         # spans leave room for the ones the expected window suppresses.
         spans, span_scores = decode_spans(output["start_logits"], output["end_logits"], timestamps, mask,
@@ -410,7 +430,8 @@ class CapsuleNet(nn.Module):
             missing = k - len(kept)
             windows_out.append(torch.cat([windows_b, windows_b[-1:].expand(missing, 2)]))
             scores_out.append(torch.cat([scores_b, scores_b.new_full((missing,), float("-inf"))]))
-        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out))
+        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out),
+                           saliency=output.get("saliency"))
 
     @staticmethod
     def expected_windows(output: dict[str, Tensor], batch: dict) -> Tensor:
