@@ -30,10 +30,6 @@ MARGIN = 5.0
 KNOWN_FAILING = {
     "regress": "does not beat the prior yet on the shaped benchmark (issue 12, part 2)",
     "ianet": "does not beat the prior yet on the shaped benchmark (issue 12, part 2)",
-    "capsule": (
-        "with sigma 0.02 and argmax decoding, 18.7 against the prior's 14.3 after 12 epochs on the "
-        "1000-video slice: about 5 points above it at lr 1e-3, not reliably (issue 12, docs/models.md)"
-    ),
 }
 
 
