@@ -261,16 +261,67 @@ class FeedForward(nn.Module):
         return x + self.net(x)  # (B, N, D)
 
 
+def probe_logits(video: Tensor, tokens: Tensor, text_mask: Tensor, bilinear: Tensor,
+                 linear: Tensor) -> Tensor:
+    """The `probe`'s bilinear clip-query score ``t^T P v_t + u^T v_t`` on the cached features.
+
+    Args:
+        video: (B, T, Dv) clip features as cached.
+        tokens: (B, L, Dt) token features as cached; ``t`` is the mean of the real ones, each
+            L2-normalised.
+        text_mask: (B, L) True on real tokens.
+        bilinear: ``P`` (Dt, Dv).
+        linear: ``u`` (Dv,).
+
+    Returns:
+        (B, T) scores, padding clips included (the caller masks them).
+    """
+    query = masked_mean(F.normalize(tokens, dim=-1), text_mask)  # (B, Dt) t
+    weights = query.to(bilinear.dtype) @ bilinear + linear  # (B, Dv) t^T P + u^T
+    return torch.einsum("btd,bd->bt", video.to(weights.dtype), weights)  # (B, T)
+
+
+def embed_scores(embedding: nn.Linear, scores: Tensor, video_mask: Tensor) -> Tensor:
+    """Per-clip scores as an input for a network: ``embedding`` (a ``Linear(1, D)``) of each detached
+    score. scores (B, T) (may be ``-inf`` on padding), video_mask (B, T) -> (B, T, D), 0 on padding.
+
+    Detached, so only the scores' own loss trains them, whatever reads the embedding.
+    """
+    evidence = scores.detach().masked_fill(~video_mask, 0.0).unsqueeze(-1)  # (B, T, 1)
+    return embedding(evidence.to(embedding.weight.dtype)) * video_mask.unsqueeze(-1)
+
+
+def clip_window_bce(scores: Tensor, inside: Tensor, scored: Tensor) -> Tensor:
+    """Binary cross-entropy of every scored clip of the batch against "inside a ground-truth window".
+
+    All clips of the batch share one mean, so a clip is judged on one logit scale with the clips
+    of the other videos, not only ranked against the clips of its own video; it costs O(B T), no
+    pairs.
+
+    Args:
+        scores: (B, T) saliency logits; entries outside ``scored`` are ignored (may be ``-inf``).
+        inside: (B, T) bool, the clip's centre lies inside one of the query's windows.
+        scored: (B, T) bool, the clips to score (the real ones).
+
+    Returns:
+        Scalar mean over the scored clips; 0 (still attached to ``scores``) when there are none.
+    """
+    if not scored.any():
+        return torch.where(scored, scores, 0.0).sum() * 0.0
+    return F.binary_cross_entropy_with_logits(scores[scored], inside[scored].to(scores.dtype))
+
+
 class ClipEvidence(nn.Module):
     """The `probe`'s clip-query score on the cached features, as an input a network can read.
 
-    ``e_t = t^T P v_t + u^T v_t + c``: ``t`` the mean of the query's L2-normalised cached token
-    features, ``v_t`` the clip's cached feature; ``P``, ``u``, ``c`` start at zero. Trained by
-    ``loss`` (cross-entropy of every real clip against "inside a ground-truth window"), and read by
-    the network through ``embed``: the score, detached, through a learned ``Linear(1, D)``, added
-    to the clips. On the QVHighlights-shaped benchmark where the query's evidence lies is nearly
-    linear in the frozen features; networks that had to find it through projections and attention
-    took many epochs (docs/models.md, "What closed the gap").
+    ``e_t = t^T P v_t + u^T v_t + c`` (``probe_logits``): ``t`` the mean of the query's
+    L2-normalised cached token features, ``v_t`` the clip's cached feature; ``P``, ``u``, ``c``
+    start at zero. Trained by ``loss`` (cross-entropy of every real clip against "inside a
+    ground-truth window"), and read by the network through ``embed`` (``embed_scores``: the score,
+    detached, through a learned ``Linear(1, D)``), added to the clips. On the QVHighlights-shaped
+    benchmark where the query's evidence lies is nearly linear in the frozen features; networks
+    that had to find it through projections and attention took many epochs (docs/models.md, "What
+    closed the gap").
     """
 
     def __init__(self, video_dim: int, text_dim: int, hidden_dim: int) -> None:
@@ -282,22 +333,18 @@ class ClipEvidence(nn.Module):
 
     def forward(self, video: Tensor, video_mask: Tensor, tokens: Tensor, text_mask: Tensor) -> Tensor:
         """video (B, T, Dv), tokens (B, L, Dt) as cached -> (B, T) logits, ``-inf`` on padding."""
-        query = masked_mean(F.normalize(tokens, dim=-1), text_mask)  # (B, Dt)
-        weights = query.to(self.bilinear.dtype) @ self.bilinear + self.linear  # (B, Dv)
-        scores = torch.einsum("btd,bd->bt", video.to(weights.dtype), weights) + self.bias  # (B, T)
+        scores = probe_logits(video, tokens, text_mask, self.bilinear, self.linear) + self.bias  # (B, T)
         return scores.masked_fill(~video_mask, float("-inf"))
 
     def embed(self, scores: Tensor, video_mask: Tensor) -> Tensor:
         """scores (B, T) from ``forward`` -> (B, T, D) embedding of the detached score, 0 on padding."""
-        evidence = scores.detach().masked_fill(~video_mask, 0.0).unsqueeze(-1)  # (B, T, 1)
-        return self.embedding(evidence.to(self.embedding.weight.dtype)) * video_mask.unsqueeze(-1)
+        return embed_scores(self.embedding, scores, video_mask)
 
     @staticmethod
     def loss(scores: Tensor, batch: dict) -> Tensor:
         """Mean binary cross-entropy of every real clip of the batch against "inside a window"."""
-        mask = batch["video_mask"]
         inside = clips_in_windows(batch["timestamps"], batch["windows"], batch["window_mask"])  # (B, T)
-        return F.binary_cross_entropy_with_logits(scores[mask], inside[mask].to(scores.dtype))
+        return clip_window_bce(scores, inside, batch["video_mask"])
 
 
 # ---------------------------------------------------------------------------------------------

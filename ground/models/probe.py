@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ground.models import register_model
-from ground.models.blocks import Predictions, assign_clips, check_batch, masked_mean, top_k_windows
+from ground.models.blocks import Predictions, assign_clips, check_batch, probe_logits, top_k_windows
 
 
 def smooth_probabilities(prob: Tensor, width_clips: int) -> Tensor:
@@ -142,10 +142,8 @@ class ProbeNet(nn.Module):
         """
         check_batch("probe", batch, self.video_dim, self.text_dim)
         video_mask = batch["video_mask"]
-        tokens = F.normalize(batch["text"], dim=-1)  # (B, L, Dt), padding tokens stay 0
-        query = masked_mean(tokens, batch["text_mask"])  # (B, Dt) t
-        weights = query @ self.bilinear + self.linear  # (B, Dv) t^T W + u^T
-        logits = torch.einsum("btd,bd->bt", batch["video"], weights) + self.bias  # (B, T)
+        logits = probe_logits(batch["video"], batch["text"], batch["text_mask"], self.bilinear,
+                              self.linear) + self.bias  # (B, T)
         return {"logits": logits.masked_fill(~video_mask, float("-inf"))}
 
     # ---- loss --------------------------------------------------------------------------------

@@ -31,13 +31,16 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    clip_window_bce,
     clips_in_windows,
     decode_spans,
+    embed_scores,
     gaussian_boundary_targets,
     log_softmax_masked,
     longest_window,
     masked_max,
     masked_mean,
+    probe_logits,
 )
 
 
@@ -119,30 +122,8 @@ class QuerySaliencyHead(nn.Module):
             direction = self.query(masked_mean(text, text_mask))  # (B, D)
             scores = scores + torch.einsum("btd,bd->bt", context, direction) / context.shape[-1] ** 0.5
         if self.probe:
-            query = masked_mean(F.normalize(tokens, dim=-1), text_mask)  # (B, Dt) t
-            weights = query.to(self.bilinear.dtype) @ self.bilinear + self.linear  # (B, Dv)
-            scores = scores + torch.einsum("btd,bd->bt", video.to(weights.dtype), weights)
+            scores = scores + probe_logits(video, tokens, text_mask, self.bilinear, self.linear)
         return scores.masked_fill(~video_mask, float("-inf"))
-
-
-def clip_window_bce(scores: Tensor, inside: Tensor, scored: Tensor) -> Tensor:
-    """Binary cross-entropy of every scored clip of the batch against "inside a ground-truth window".
-
-    All clips of the batch share one mean, so a clip is judged on one logit scale with the clips
-    of the other videos, not only ranked against the clips of its own video as the hinge terms
-    do; it costs O(B T), no pairs.
-
-    Args:
-        scores: (B, T) saliency logits; entries outside ``scored`` are ignored (may be ``-inf``).
-        inside: (B, T) bool, the clip's centre lies inside one of the query's windows.
-        scored: (B, T) bool, the clips to score (the real ones).
-
-    Returns:
-        Scalar mean over the scored clips; 0 (still attached to ``scores``) when there are none.
-    """
-    if not scored.any():
-        return torch.where(scored, scores, 0.0).sum() * 0.0
-    return F.binary_cross_entropy_with_logits(scores[scored], inside[scored].to(scores.dtype))
 
 
 @register_model("span")
@@ -275,8 +256,7 @@ class SpanNet(nn.Module):
         (B, T) the head's scores (``-inf`` on padding; read only with ``saliency_to_fusion``)
         -> (B, T, D)."""
         if self.saliency_embed is not None:
-            evidence = saliency.detach().masked_fill(~video_mask, 0.0).unsqueeze(-1)  # (B, T, 1)
-            clips = clips + self.saliency_embed(evidence.to(clips.dtype))  # (B, T, D)
+            clips = clips + embed_scores(self.saliency_embed, saliency, video_mask)  # (B, T, D)
         for layer in self.layers:
             clips = layer(clips, video_mask, text, text_mask)  # (B, T, D)
         return self.final_norm(clips)
