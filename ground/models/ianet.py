@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ground.models import register_model
 from ground.models.blocks import (
+    ClipEvidence,
     Predictions,
     Projection,
     check_batch,
@@ -200,7 +201,8 @@ class IANet(nn.Module):
     clips, centred on every clip. Each anchor gets a confidence logit and offsets of its start and
     end in units of its own length, so the same head serves every video length. Decoding applies
     the offsets, clips to ``[0, duration]``, ranks by confidence, runs NMS and keeps the top k;
-    scores are confidence probabilities (sigmoid). No saliency or presence head.
+    scores are confidence probabilities (sigmoid). With ``clip_evidence`` the saliency is the
+    `probe`'s clip-query score (``blocks.ClipEvidence``); without it there is none. No presence.
     """
 
     def __init__(
@@ -218,6 +220,8 @@ class IANet(nn.Module):
         positive_iou: float = 0.45,
         boundary_weight: float = 1.0,
         nms_iou_threshold: float = 0.5,
+        clip_evidence: bool = True,
+        evidence_weight: float = 1.0,
     ) -> None:
         """Build the network.
 
@@ -235,6 +239,11 @@ class IANet(nn.Module):
             positive_iou: anchors whose IoU with the ground truth exceeds this get offset targets (lambda).
             boundary_weight: weight alpha of the smooth-L1 boundary loss.
             nms_iou_threshold: IoU above which a lower-ranked decoded window is suppressed.
+            clip_evidence: add the `probe`'s clip-query score on the cached features
+                (``blocks.ClipEvidence``), detached and embedded, to the encoded clips before the
+                interaction blocks, and train it with its own clip cross-entropy; it is also the
+                saliency output (docs/models.md, ianet).
+            evidence_weight: weight of that score's clip cross-entropy in the loss.
         """
         super().__init__()
         if hidden_dim % 2 or hidden_dim % num_maps:
@@ -279,6 +288,8 @@ class IANet(nn.Module):
             nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_dim, 2 * n_anchors),
         )
+        self.evidence_weight = evidence_weight
+        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 
     # ---- network -----------------------------------------------------------------------------
 
@@ -295,7 +306,8 @@ class IANet(nn.Module):
 
         Returns:
             ``anchors`` (B, T, A, 2) seconds; ``confidence_logits`` (B, T, A), ``-inf`` on padding;
-            ``offsets`` (B, T, A, 2) start/end shifts in anchor lengths, zero on padding.
+            ``offsets`` (B, T, A, 2) start/end shifts in anchor lengths, zero on padding; with
+            ``clip_evidence`` ``saliency`` (B, T) the evidence logits, ``-inf`` on padding.
         """
         self._check_batch(batch)
         video_mask, text_mask = batch["video_mask"], batch["text_mask"]
@@ -303,6 +315,10 @@ class IANet(nn.Module):
         token_index = torch.arange(text_mask.shape[1], device=text_mask.device).expand_as(text_mask)
         video = self.video_encoder(batch["video"], centre_sec, video_mask)  # (B, T, D)
         text = self.text_encoder(batch["text"], token_index, text_mask)  # (B, L, D)
+        evidence = None
+        if self.evidence is not None:
+            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
+            video = video + self.evidence.embed(evidence, video_mask)  # (B, T, D)
         for block in self.blocks:
             video, text = block(video, video_mask, text, text_mask)
 
@@ -317,7 +333,10 @@ class IANet(nn.Module):
         confidence = self.confidence_head(fused).masked_fill(~keep, float("-inf"))  # (B, T, A)
         offsets = self.offset_head(fused).view(b, t, -1, 2) * keep.unsqueeze(-1)  # (B, T, A, 2)
         anchors = anchor_windows(batch["timestamps"], video_mask, self.anchor_widths(video_mask))
-        return {"anchors": anchors, "confidence_logits": confidence, "offsets": offsets}
+        output = {"anchors": anchors, "confidence_logits": confidence, "offsets": offsets}
+        if evidence is not None:
+            output["saliency"] = evidence
+        return output
 
     def _check_batch(self, batch: dict) -> None:
         check_batch("ianet", batch, self.video_dim, self.text_dim)
@@ -342,8 +361,12 @@ class IANet(nn.Module):
         query's best anchor, so a query whose windows no anchor matches well still trains the
         regressor; the smooth L1 of the start and end offsets is averaged over all positives.
 
+        With ``clip_evidence`` the evidence's clip cross-entropy (``evidence``) is added, times
+        ``evidence_weight``.
+
         Returns:
-            ``loss`` (weighted total), ``alignment`` (the BCE), ``boundary`` (the smooth L1).
+            ``loss`` (weighted total), ``alignment`` (the BCE), ``boundary`` (the smooth L1), and
+            with ``clip_evidence`` ``evidence``.
         """
         windows, window_mask = batch["windows"], batch["window_mask"]
         check_nonempty(window_mask, batch["qid"], "ground-truth windows")
@@ -369,7 +392,11 @@ class IANet(nn.Module):
         smooth_l1 = F.smooth_l1_loss(offsets, target_offsets, reduction="none").sum(-1)  # (B, N)
         boundary = (smooth_l1 * positive).sum() / positive.sum()
         total = alignment + self.boundary_weight * boundary
-        return {"loss": total, "alignment": alignment, "boundary": boundary}
+        parts = {"alignment": alignment, "boundary": boundary}
+        if "saliency" in output:
+            parts["evidence"] = ClipEvidence.loss(output["saliency"], batch)
+            total = total + self.evidence_weight * parts["evidence"]
+        return {"loss": total, **parts}
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -402,7 +429,8 @@ class IANet(nn.Module):
             missing = k - len(kept)
             windows_out.append(torch.cat([windows_b, windows_b[-1:].expand(missing, 2)]))
             scores_out.append(torch.cat([scores_b, scores_b.new_full((missing,), float("-inf"))]))
-        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out))
+        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out),
+                           saliency=output.get("saliency"))
 
 
 def nms_top_k(windows: Tensor, scores: Tensor, iou_threshold: float, k: int) -> Tensor:

@@ -10,6 +10,8 @@ residual, and ends with a feed-forward. Three per-clip heads follow:
 - boundary: the distances from the clip centre back to the start and on to the end;
 - segment: the moment's centre (as an offset from the clip) and its duration;
 - confidence: a logit that the clip lies inside a queried moment (also the saliency output).
+With ``clip_evidence`` the `probe`'s clip-query score on the cached features (``blocks.ClipEvidence``)
+is embedded into the clips before the first layer and added to the confidence logit.
 
 Both regression heads are trained with EIoU on the clips assigned to a moment; at decoding each
 clip proposes the average of its two heads' windows, scored by its confidence, merged by NMS.
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 
 from ground.models import register_model
 from ground.models.blocks import (
+    ClipEvidence,
     FeedForward,
     FractionalPositionalEncoding,
     MaskedAttention,
@@ -156,6 +159,7 @@ class LocalGlobalNet(nn.Module):
         boundary_weight: float = 1.0,
         segment_weight: float = 1.0,
         confidence_weight: float = 1.0,
+        clip_evidence: bool = True,
     ) -> None:
         """Build the network.
 
@@ -173,6 +177,10 @@ class LocalGlobalNet(nn.Module):
             boundary_weight: weight of the boundary head's EIoU loss.
             segment_weight: weight of the segment head's EIoU loss.
             confidence_weight: weight of the per-clip confidence binary cross-entropy.
+            clip_evidence: the `probe`'s clip-query score on the cached features
+                (``blocks.ClipEvidence``), detached and embedded, is added to the clips before the
+                first layer, and the score itself to the confidence logit, so the confidence
+                cross-entropy trains it (docs/models.md, localglobal).
         """
         super().__init__()
         if hidden_dim % 2 or (hidden_dim // 2) % num_heads:
@@ -205,6 +213,7 @@ class LocalGlobalNet(nn.Module):
         self.boundary_head = head(hidden_dim, 2)
         self.segment_head = head(hidden_dim, 2)
         self.confidence_head = head(hidden_dim, 1)
+        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
         # Start from windows about two clips long rather than zero-length ones.
         nn.init.constant_(self.boundary_head[-1].bias, math.log(2.0))
 
@@ -247,6 +256,10 @@ class LocalGlobalNet(nn.Module):
         keep = video_mask.unsqueeze(-1)  # (B, T, 1)
         x = self.video_proj(video) * keep  # (B, T, D)
         x = x + self.position(timestamps, duration).to(x.dtype)
+        evidence = None
+        if self.evidence is not None:  # a constructor choice: fixed when traced
+            evidence = self.evidence(video, video_mask, text, text_mask)  # (B, T), -inf on padding
+            x = x + self.evidence.embed(evidence, video_mask)  # (B, T, D)
         tokens = self.text_proj(text)  # (B, L, D)
         for layer in self.layers:
             x = layer(x, video_mask, tokens, text_mask)  # (B, T, D)
@@ -267,7 +280,10 @@ class LocalGlobalNet(nn.Module):
         seg_centre_sec = centre_sec + segment_raw[..., 0] * (width_sec + unit_sec)  # (B, T)
         segment = torch.stack([seg_centre_sec - width_sec / 2, seg_centre_sec + width_sec / 2], dim=-1)
 
-        confidence = self.confidence_head(x).squeeze(-1).masked_fill(~video_mask, float("-inf"))  # (B, T)
+        confidence = self.confidence_head(x).squeeze(-1)  # (B, T)
+        if evidence is not None:
+            confidence = confidence + evidence.masked_fill(~video_mask, 0.0).to(confidence.dtype)
+        confidence = confidence.masked_fill(~video_mask, float("-inf"))
         return boundary, segment, confidence
 
     def _check_batch(self, batch: dict) -> None:

@@ -18,6 +18,7 @@ D hidden, V top-k variants, K predicted windows. Masks are True where real.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from ground.models import register_model
 from ground.models.blocks import (
+    ClipEvidence,
     Predictions,
     Projection,
     check_batch,
@@ -39,6 +41,8 @@ VIDEO, TEXT = 0, 1  # rows of the modality embedding
 # Divisor floor for the span's length: sliding-window decoding pads a sample whose video has ended
 # with one placeholder clip of zero length (its output is discarded), which must not yield NaN.
 MIN_SPAN_SEC = 1e-3
+# exp() of the half-width correction is capped here (e^5 ~ 150 times): it keeps a diverging head finite.
+MAX_LOG_SCALE = 5.0
 
 
 def observed_span(timestamps: Tensor, mask: Tensor) -> Tensor:
@@ -71,7 +75,8 @@ class RegressNet(nn.Module):
     width by ``scale``, clipped to the observed span. A variant's score is its IoU with the
     regressed window, so scores are in [0, 1] and say how far the hedge strays from the model's
     answer; equal scores keep grid order (shifts outer, scales inner), and a variant equal to an
-    earlier one is dropped. No saliency, no presence.
+    earlier one is dropped. With ``clip_evidence`` the saliency is the `probe`'s clip-query
+    score (``blocks.ClipEvidence``); without it there is none. No presence.
     """
 
     def __init__(
@@ -88,6 +93,9 @@ class RegressNet(nn.Module):
         l1_weight: float = 1.0,
         topk_shifts: tuple[float, ...] = (0.0, -0.25, 0.25, -0.5, 0.5),
         topk_scales: tuple[float, ...] = (1.0, 0.75, 1.25, 0.5, 1.5),
+        clip_evidence: bool = True,
+        evidence_weight: float = 1.0,
+        pooling: str = "attention",
     ) -> None:
         """Build the network.
 
@@ -105,6 +113,16 @@ class RegressNet(nn.Module):
             topk_shifts: centre shifts of the top-k variants, in widths of the regressed window;
                 must start with 0 so the regressed window itself is the first candidate.
             topk_scales: width factors of the top-k variants, > 0; must start with 1.
+            clip_evidence: add the `probe`'s clip-query score on the cached features
+                (``blocks.ClipEvidence``), detached and embedded, to the frames before the
+                encoder, and train it with its own clip cross-entropy; it is also the saliency
+                output (docs/models.md, regress).
+            evidence_weight: weight of that score's clip cross-entropy in the loss.
+            pooling: how the encoded frames become the regressor's input. ``mean``: their mean
+                (the notebook's). ``attention``: a softmax over the real frames of a learned
+                per-frame logit (plus the clip evidence's logit with ``clip_evidence``); the
+                regressor reads the weighted mean of the frames and the weights' mean and spread of
+                position in the observed span.
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -138,8 +156,12 @@ class RegressNet(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, num_layers, norm=nn.LayerNorm(hidden_dim), enable_nested_tensor=False
         )
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"regress: pooling must be 'mean' or 'attention', got {pooling!r}")
+        self.attention = nn.Linear(hidden_dim, 1) if pooling == "attention" else None
+        pooled_dim = hidden_dim + (2 if pooling == "attention" else 0)  # + position mean and spread
         self.head = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim),
+            nn.Linear(pooled_dim, hidden_dim),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, hidden_dim // 2),
@@ -147,6 +169,11 @@ class RegressNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim // 2, 2),
         )
+        if self.attention is not None:  # start from the window the weights describe
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+        self.evidence_weight = evidence_weight
+        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 
     # ---- network -----------------------------------------------------------------------------
 
@@ -154,8 +181,9 @@ class RegressNet(nn.Module):
         """Regress one normalized window per query.
 
         Returns:
-            ``window_norm`` (B, 2) ordered (start, end) in [0, 1] of the observed span, and
-            ``span_sec`` (B, 2) that span in seconds.
+            ``window_norm`` (B, 2) ordered (start, end) in [0, 1] of the observed span,
+            ``span_sec`` (B, 2) that span in seconds, and with ``clip_evidence`` ``saliency``
+            (B, T) the evidence logits, ``-inf`` on padding.
         """
         self._check_batch(batch)
         video_mask, text_mask, timestamps = batch["video_mask"], batch["text_mask"], batch["timestamps"]
@@ -172,16 +200,45 @@ class RegressNet(nn.Module):
         token_index = torch.arange(tokens.shape[1], device=tokens.device, dtype=frames.dtype)
         token_pos = sinusoidal_encoding(token_index, dim)  # (L, D)
         frames = frames + frame_pos.to(frames.dtype) + self.modality.weight[VIDEO]
+        evidence = None
+        if self.evidence is not None:
+            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
+            frames = frames + self.evidence.embed(evidence, video_mask)  # (B, T, D)
         tokens = tokens + token_pos.to(tokens.dtype) + self.modality.weight[TEXT]
 
         sequence = torch.cat([frames, tokens], dim=1)  # (B, T + L, D)
         padding = ~torch.cat([video_mask, text_mask], dim=1)  # (B, T + L) True = ignore
         fused = self.encoder(sequence, src_key_padding_mask=padding)  # (B, T + L, D)
-        pooled = masked_mean(fused[:, : frames.shape[1]], video_mask)  # (B, D)
-        raw = torch.sigmoid(self.head(pooled))  # (B, 2)
-        # min/max rather than a sort: both edges get a gradient and start <= end always holds.
-        window_norm = torch.stack([raw.amin(dim=-1), raw.amax(dim=-1)], dim=-1)  # (B, 2)
-        return {"window_norm": window_norm, "span_sec": span_sec}
+        encoded = fused[:, : frames.shape[1]]  # (B, T, D)
+        if self.attention is None:
+            pooled = masked_mean(encoded, video_mask)  # (B, D)
+        else:
+            logits = self.attention(encoded).squeeze(-1)  # (B, T)
+            if evidence is not None:
+                logits = logits + evidence.detach().masked_fill(~video_mask, 0.0).to(logits.dtype)
+            # Each frame's probability of lying inside the moment, normalised over the frames: the
+            # weights' mean and spread of position are then the moment's centre and width / sqrt(12).
+            inside = torch.sigmoid(logits) * video_mask  # (B, T)
+            weights = inside / inside.sum(dim=1, keepdim=True).clamp(min=1e-6)  # (B, T)
+            where = fraction.masked_fill(~video_mask, 0.0).to(weights.dtype)  # (B, T)
+            mean = (weights * where).sum(dim=1, keepdim=True)  # (B, 1)
+            spread = ((weights * (where - mean) ** 2).sum(dim=1, keepdim=True) + 1e-6).sqrt()  # (B, 1)
+            pooled = torch.cat([(weights.unsqueeze(-1) * encoded).sum(dim=1), mean, spread], dim=-1)
+        if self.attention is None:
+            raw = torch.sigmoid(self.head(pooled))  # (B, 2)
+            # min/max rather than a sort: both edges get a gradient and start <= end always holds.
+            window_norm = torch.stack([raw.amin(dim=-1), raw.amax(dim=-1)], dim=-1)  # (B, 2)
+        else:
+            # The regressor corrects the window the weights describe: centre + d_c, half-width
+            # sqrt(3) spread e^{d_w} (a uniform window of width w has spread w / sqrt(12)).
+            correction = self.head(pooled)  # (B, 2)
+            centre = mean + correction[:, :1]
+            half = math.sqrt(3.0) * spread * correction[:, 1:].clamp(max=MAX_LOG_SCALE).exp()
+            window_norm = torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)  # (B, 2)
+        output = {"window_norm": window_norm, "span_sec": span_sec}
+        if evidence is not None:
+            output["saliency"] = evidence
+        return output
 
     def _check_batch(self, batch: dict) -> None:
         check_batch("regress", batch, self.video_dim, self.text_dim)
@@ -194,8 +251,12 @@ class RegressNet(nn.Module):
         The target is normalized to the observed span and clamped to [0, 1]: the part of a window
         beyond the clips (a video whose last clip ends before its duration) cannot be seen.
 
+        With ``clip_evidence`` the evidence's clip cross-entropy (``evidence``) is added, times
+        ``evidence_weight``.
+
         Returns:
-            ``loss`` (weighted total), ``eiou``, ``l1``, and ``iou`` (mean IoU, for logging only).
+            ``loss`` (weighted total), ``eiou``, ``l1``, ``iou`` (mean IoU, for logging only), and
+            with ``clip_evidence`` ``evidence``.
         """
         gt_sec = longest_window(batch["windows"], batch["window_mask"], batch["qid"])  # (B, 2)
         span_sec = output["span_sec"]
@@ -206,7 +267,11 @@ class RegressNet(nn.Module):
         l1 = F.l1_loss(pred, gt_norm)
         iou = temporal_iou(pred.detach()[:, None], gt_norm[:, None])[:, 0, 0].mean()
         total = self.eiou_weight * eiou + self.l1_weight * l1
-        return {"loss": total, "eiou": eiou, "l1": l1, "iou": iou}
+        parts = {"eiou": eiou, "l1": l1, "iou": iou}
+        if "saliency" in output:
+            parts["evidence"] = ClipEvidence.loss(output["saliency"], batch)
+            total = total + self.evidence_weight * parts["evidence"]
+        return {"loss": total, **parts}
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -244,4 +309,5 @@ class RegressNet(nn.Module):
                 cand_score = torch.cat([cand_score, cand_score.new_full((missing,), float("-inf"))])
             windows_out.append(cand)
             scores_out.append(cand_score)
-        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out))
+        return Predictions(windows=torch.stack(windows_out), scores=torch.stack(scores_out),
+                           saliency=output.get("saliency"))

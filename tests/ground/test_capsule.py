@@ -201,34 +201,3 @@ def test_capsule_overfits_eight_samples_in_both_decode_modes() -> None:
     for mode in ("argmax", "soft"):
         model.decode_mode = mode
         assert_recall_at_1(model, batch, output, label=f"{mode}: ")
-
-
-def test_clip_evidence_is_the_probes_score_trained_by_its_own_loss() -> None:
-    """capsule reads `blocks.ClipEvidence`: the probe's model, detached into the clips, its own BCE."""
-    from ground.models.blocks import ClipEvidence
-    from ground.models.probe import ProbeNet
-
-    torch.manual_seed(0)
-    batch = make_batch([6, 4, 5], seed=1)
-    evidence = ClipEvidence(VIDEO_DIM, TEXT_DIM, hidden_dim=8)
-    probe = ProbeNet(VIDEO_DIM, TEXT_DIM)
-    with torch.no_grad():
-        evidence.bilinear.copy_(probe.bilinear)
-        evidence.linear.copy_(probe.linear)
-        evidence.bias.copy_(probe.bias + 0.5)
-        probe.bias.add_(0.5)
-    scores = evidence(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
-    torch.testing.assert_close(scores, probe(batch)["logits"])
-    embedded = evidence.embed(scores, batch["video_mask"])  # (B, T, 8)
-    assert embedded.shape == (3, 6, 8) and (embedded[1, 4:] == 0).all()
-    embedded.sum().backward()  # the embedding is detached from the score
-    assert evidence.bilinear.grad is None and evidence.embedding.weight.grad is not None
-
-    model = tiny_capsule()
-    output = model(batch)
-    assert output["saliency"].shape == (3, 6) and torch.isneginf(output["saliency"][1, 4:]).all()
-    parts = model.loss(output, batch)
-    assert parts["evidence"].item() == pytest.approx(ClipEvidence.loss(output["saliency"], batch).item())
-    assert model.decode(output, batch, 2).saliency is output["saliency"]
-    plain = tiny_capsule(clip_evidence=False)
-    assert "saliency" not in plain(batch) and "evidence" not in plain.loss(plain(batch), batch)

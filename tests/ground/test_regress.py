@@ -7,6 +7,7 @@ is tested for every model in test_span.py.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,30 @@ def test_regress_decode_clips_to_the_video_and_drops_repeated_variants() -> None
     assert preds.window_mask[0].sum() < 25
     assert preds.window_mask[1].tolist() == [True] + [False] * 24
     assert preds.windows[1, 0].tolist() == [4.0, 4.0] and preds.scores[1, 0] == 1.0
+
+
+def test_attention_pooling_starts_from_the_window_the_evidence_describes() -> None:
+    """Clips 2-5 of 10 (window [2, 6] s) scored inside by the evidence: with the head's correction
+    at its zero start, the window is the weights' centre +- sqrt(3) spread, close to [0.2, 0.6]."""
+    model = tiny_regress().eval()
+    batch = one_window_batch(10, (2.0, 6.0))
+    inside = (torch.arange(10) >= 2) & (torch.arange(10) <= 5)
+    batch["video"].zero_()
+    batch["video"][0, :, 0] = inside.float()
+    with torch.no_grad():
+        model.evidence.linear[0] = 20.0  # logit +10 inside, -10 outside
+        model.evidence.bias.fill_(-10.0)
+        model.attention.weight.zero_()
+        model.attention.bias.zero_()
+        window = model(batch)["window_norm"][0]
+    centres = (torch.arange(2, 6) + 0.5) / 10
+    half = math.sqrt(3.0) * centres.std(unbiased=False)
+    torch.testing.assert_close(window, torch.stack([centres.mean() - half, centres.mean() + half]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(window, torch.tensor([0.2, 0.6]), atol=0.01, rtol=0)
+    mean_pooled = tiny_regress(pooling="mean")
+    assert mean_pooled.attention is None and mean_pooled.head[0].in_features == 32
+    with pytest.raises(ValueError, match="pooling"):
+        tiny_regress(pooling="max")
 
 
 def test_regress_overfits_eight_samples() -> None:
