@@ -54,9 +54,10 @@ the batch's shape, not on the number of videos)."""
 
 
 def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, lr: float,
-              speed: tuple[GroundingDataModule, SplitTensors] | None = None) -> dict:
-    """Train and test `name`; with `speed` (the bench's data module and split), also time its step."""
-    L.seed_everything(0, verbose=False)
+              speed: tuple[GroundingDataModule, SplitTensors] | None = None, seed: int = 0) -> dict:
+    """Train and test `name` from `seed`; with `speed` (the bench's data module and split), also
+    time its step."""
+    L.seed_everything(seed, verbose=False)
     hparams = _config(name)["hparams"]
     module = GroundingModule(
         name=name, hparams=hparams, video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
@@ -66,7 +67,7 @@ def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, 
     ckpt = None
     if name in trainable_models():
         checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-            monitor="val/MR-full-R1@0.5", mode="max", dirpath=run_dir / name, filename="best"
+            monitor="val/MR-full-R1@0.5", mode="max", dirpath=run_dir / name / f"seed{seed}", filename="best"
         )
         trainer = L.Trainer(
             max_epochs=epochs,
@@ -98,6 +99,7 @@ def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, 
         "train_sec": train_sec,
         "samples_per_sec": samples_per_sec,
         "epochs": epochs if name in trainable_models() else 0,
+        "seeds": 1,
         **{k.removeprefix("test/"): float(v) for k, v in metrics.items()},
         **(window_highlight_metrics(module, data) or {}),
     }
@@ -142,12 +144,29 @@ def window_highlight_metrics(module: GroundingModule, data: GroundingDataModule)
     return {"HD-window-mAP": 100.0 * float(np.mean(ap)), "HD-window-Hit1": 100.0 * float(np.mean(hit))}
 
 
+def over_seeds(rows: list[dict]) -> dict:
+    """One model's rows, one per seed -> one row: the first seed's row with every metric column and
+    the training time replaced by their mean over the seeds, each metric's standard deviation over
+    the seeds (population) as ``<column> sd``, and ``seeds`` the count. The speed is the first's."""
+    merged = dict(rows[0])
+    for key in (*COLUMNS, "train_sec"):
+        if key in rows[0]:
+            values = np.array([r[key] for r in rows], dtype=float)
+            merged[key] = float(values.mean())
+            if key in COLUMNS:
+                merged[f"{key} sd"] = float(values.std())
+    merged["seeds"] = len(rows)
+    return merged
+
+
 def table(rows: list[dict], cache: Path, machine: str) -> str:
+    seeds = max(r.get("seeds", 1) for r in rows)
+    spread = f" Cells are the mean ± standard deviation over {seeds} seeds (0..{seeds - 1})." if seeds > 1 else ""
     lines = [
         f"Synthetic test split, cache `{cache.relative_to(REPO) if cache.is_relative_to(REPO) else cache}`, "
         f"{machine}. Produced by `make zoo`; do not edit by hand. MR: moment retrieval; HD: highlight "
         "detection against window membership (a clip inside a window is a highlight; the synthetic set "
-        f"has no annotator saliency), `{NO_SALIENCY}` where the model predicts none.",
+        f"has no annotator saliency), `{NO_SALIENCY}` where the model predicts none.{spread}",
         "",
         "| model | params | train time | train samples per CPU s (QVHighlights shape) | "
         + " | ".join(COLUMNS)
@@ -170,7 +189,10 @@ def table(rows: list[dict], cache: Path, machine: str) -> str:
 def _cell(row: dict, column: str) -> str:
     if column in HD_COLUMNS and column not in row:
         return NO_SALIENCY
-    return f"{row.get(column, float('nan')):.1f}"
+    cell = f"{row.get(column, float('nan')):.1f}"
+    if f"{column} sd" in row and row.get("seeds", 1) > 1:
+        cell += f" ± {row[f'{column} sd']:.1f}"
+    return cell
 
 
 def write_between_markers(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
@@ -193,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "zoo")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--no-speed", action="store_true", help="leave the samples/s column empty")
+    parser.add_argument("--seeds", type=int, default=1, help="train and test every model from seeds 0..N-1")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if not args.cache.exists():
         raise SystemExit(f"{args.cache}: no cache; run `make demo` (or make extract DATASET=synthetic) first")
 
@@ -209,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "zeroshot" and data.video_dim != data.text_dim:
             continue
         print(f"== {name}", flush=True)
-        rows.append(run_model(name, data, args.epochs, args.run_dir, args.lr, speed))
-        print(json.dumps(rows[-1]), flush=True)
+        per_seed = []
+        for seed in range(args.seeds):
+            per_seed.append(run_model(name, data, args.epochs, args.run_dir, args.lr, speed if seed == 0 else None,
+                                      seed=seed))
+            print(json.dumps(per_seed[-1]), flush=True)
+        rows.append(over_seeds(per_seed))
     rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = table(rows, args.cache, machine)

@@ -23,11 +23,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> GroundingDataModule:
     return data
 
 
-def _module(name: str, data: GroundingDataModule) -> GroundingModule:
+def _module(name: str, data: GroundingDataModule, **overrides: object) -> GroundingModule:
     torch.manual_seed(0)
-    return GroundingModule(
-        name=name, hparams=zoo._config(name)["hparams"], video_dim=data.video_dim, text_dim=data.text_dim
-    )
+    hparams = zoo._config(name)["hparams"] | overrides
+    return GroundingModule(name=name, hparams=hparams, video_dim=data.video_dim, text_dim=data.text_dim)
 
 
 def _saliency_from_windows(module: GroundingModule, sign: float) -> None:
@@ -59,7 +58,7 @@ def test_window_highlights_score_a_perfect_and_an_inverted_saliency(data: Ground
 
 
 def test_a_model_without_saliency_says_so(data: GroundingDataModule) -> None:
-    assert zoo.window_highlight_metrics(_module("regress", data), data) is None
+    assert zoo.window_highlight_metrics(_module("regress", data, clip_evidence=False), data) is None
     scored = zoo.window_highlight_metrics(_module("span", data), data)
     assert scored is not None and 0.0 <= scored["HD-window-mAP"] <= 100.0
     rows = [
@@ -73,3 +72,15 @@ def test_a_model_without_saliency_says_so(data: GroundingDataModule) -> None:
     assert "| span | 2.00 M | 10 s / 2 ep | 12.3 | 50.0 |" in text and "| 61.2 | 75.0 |" in text
     assert "| regress | 1.00 M | 5 s / 2 ep | - | 40.0 |" in text  # no speed measured: "-"
     assert text.splitlines()[-1].endswith(f"| {zoo.NO_SALIENCY} | {zoo.NO_SALIENCY} |")
+
+
+def test_seeds_are_reported_as_mean_and_spread() -> None:
+    base = {"model": "m", "trainable": True, "params": 10, "epochs": 2, "samples_per_sec": 5.0, "seeds": 1}
+    rows = [base | {"train_sec": 10.0, "MR-full-R1@0.5": 50.0, "HD-window-mAP": 20.0},
+            base | {"train_sec": 30.0, "MR-full-R1@0.5": 60.0, "HD-window-mAP": 20.0, "samples_per_sec": None}]
+    merged = zoo.over_seeds(rows)
+    assert merged["MR-full-R1@0.5"] == 55.0 and merged["MR-full-R1@0.5 sd"] == 5.0
+    assert merged["train_sec"] == 20.0 and merged["samples_per_sec"] == 5.0 and merged["seeds"] == 2
+    text = zoo.table([merged], Path("cache.h5"), "machine")
+    assert "| 55.0 ± 5.0 |" in text and "| 20.0 ± 0.0 |" in text and "over 2 seeds" in text
+    assert "±" not in zoo.table([rows[0]], Path("cache.h5"), "machine")
