@@ -78,7 +78,7 @@ def _demo(cache: Path, root: Path) -> Path:
 
 def _zoo(cache: Path, root: Path) -> Path:
     run_model("span", GroundingDataModule(str(cache), batch_size=8), epochs=2, run_dir=root, lr=1e-3)
-    return root / "span" / "best.ckpt"
+    return root / "span" / "seed0" / "best.ckpt"
 
 
 WRITERS: dict[str, Callable[[Path, Path], Path]] = {"fit": _fit, "demo": _demo, "zoo": _zoo}
