@@ -376,14 +376,17 @@ class TrainingClock(Callback):
             self._mark(trainer)
 
 
-def _hparams(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["hparams"] or {}
+def _hparams(name: str, overrides: dict | None = None) -> dict:
+    """`name`'s config (ground/configs/model/<name>.yaml) with `overrides` on top."""
+    return (yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["hparams"] or {}) | (overrides or {})
 
 
-def time_step_sec(name: str, data: GroundingDataModule, lr: float, steps: int = 10) -> float:
-    """CPU seconds per training step of a throwaway copy of `name`, to lay the schedule over the budget."""
+def time_step_sec(name: str, data: GroundingDataModule, lr: float, steps: int = 10,
+                  hparams: dict | None = None) -> float:
+    """CPU seconds per training step of a throwaway copy of `name` (its config with `hparams` on top),
+    to lay the schedule over the budget."""
     module = GroundingModule(
-        name=name, hparams=_hparams(name), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
+        name=name, hparams=_hparams(name, hparams), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
     )
     optimizer = torch.optim.AdamW(module.net.parameters(), lr=lr)
     if len(data.train_dataloader()) == 0:
@@ -419,6 +422,7 @@ def train_and_track(
     lr: float,
     seed: int = 0,
     label: str | None = None,
+    hparams: dict | None = None,
 ) -> list[EvalPoint]:
     """Train `name` as `python -m ground fit` does, for `minutes` of training or `max_epochs` epochs.
 
@@ -431,6 +435,7 @@ def train_and_track(
         evals: evaluations spread evenly over the budget (over the epochs without a budget); the
             last one is at the end of training.
         label: model name in the rows (default: `name`).
+        hparams: overrides of `name`'s config (ground/configs/model/<name>.yaml), e.g. an ablation.
 
     Returns:
         One EvalPoint per evaluation, in training order.
@@ -439,11 +444,11 @@ def train_and_track(
     steps_per_epoch = len(data.train_dataloader())
     max_steps = max_epochs * steps_per_epoch
     if minutes is not None:
-        step_sec = time_step_sec(name, data, lr)
+        step_sec = time_step_sec(name, data, lr, hparams=hparams)
         max_steps = min(max_steps, max(1, int(minutes * 60 / step_sec)))
     L.seed_everything(seed, verbose=False)
     module = GroundingModule(
-        name=name, hparams=_hparams(name), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
+        name=name, hparams=_hparams(name, hparams), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
     )
     points: list[EvalPoint] = []
 
@@ -601,7 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--append", action="store_true", help="keep the stored rows of other models (same settings)"
     )
+    parser.add_argument(
+        "--hparams", type=json.loads, default=None, metavar="JSON",
+        help='overrides of every trained model\'s config, e.g. \'{"pooling": "mean"}\' (an ablation)',
+    )
     args = parser.parse_args(argv)
+    if args.hparams is not None and not isinstance(args.hparams, dict):
+        parser.error(f"--hparams must be a JSON object, got {args.hparams!r}")
     unknown = [m for m in [*(args.models or []), *args.controls] if m not in list_models()]
     if unknown:
         print(f"error: unknown models {unknown}; available: {', '.join(list_models())}", file=sys.stderr)
@@ -646,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in trainable_models():
             points += train_and_track(
                 name, data, labels, variant.protocol, minutes=args.minutes, max_epochs=args.max_epochs,
-                evals=args.evals, lr=args.lr, seed=args.seed,
+                evals=args.evals, lr=args.lr, seed=args.seed, hparams=args.hparams,
             )  # fmt: skip
         else:
             points.append(evaluate_baseline(name, data, labels, variant.protocol))
@@ -658,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             shuffled.splits[split] = shuffle_videos(data.load(split), args.seed)
         points += train_and_track(
             name, shuffled, labels, variant.protocol, minutes=args.minutes, max_epochs=args.max_epochs,
-            evals=args.evals, lr=args.lr, seed=args.seed, label=name + SHUFFLED,
+            evals=args.evals, lr=args.lr, seed=args.seed, label=name + SHUFFLED, hparams=args.hparams,
         )  # fmt: skip
 
     with CacheReader(cache) as reader:
@@ -668,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts[variant.eval_split]} {variant.eval_split} queries), {platform.machine()} CPU, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {args.minutes:g} training CPU "
         f"minutes per model, lr {args.lr:g}, batch {args.batch_size}"
+        + (f", config overrides {json.dumps(args.hparams)}" if args.hparams else "")
     )
     command = "python -m ground.bench_accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
     store = REPO / "runs" / "bench_accuracy" / f"{args.variant}.json"

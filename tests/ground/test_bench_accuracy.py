@@ -162,6 +162,21 @@ def test_append_keeps_other_models_of_the_same_settings_only(tmp_path: Path) -> 
     assert [p.model for p in points] == ["span"] and commands == ["cmd d"]
 
 
+def test_config_overrides_reach_the_trained_network(cache: Path) -> None:
+    assert bench._hparams("regress", {"pooling": "mean"})["pooling"] == "mean"
+    assert bench._hparams("regress")["pooling"] == "attention"
+    data = _data(cache)
+    labels = bench.read_ground_truth(cache, "val")
+    points = bench.train_and_track("regress", data, labels, "qvhighlights", minutes=None, max_epochs=1,
+                                   evals=1, lr=1e-3, hparams={"pooling": "mean", "num_layers": 1})
+    assert len(points) == 1
+    with pytest.raises(ValueError, match="pooling"):  # the override reaches the network's constructor
+        bench.train_and_track("regress", data, labels, "qvhighlights", minutes=0.01, max_epochs=1, evals=1,
+                              lr=1e-3, hparams={"pooling": "max"})
+    with pytest.raises(SystemExit):
+        bench.main(["--hparams", "[1, 2]", "--no-write"])
+
+
 def test_unknown_model_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--models", "nosuch", "--no-write"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
