@@ -27,10 +27,8 @@ HIGHLIGHT_EPOCHS = 24
 """Epochs of both span and the probe in the highlight test: near the probe's best on this slice."""
 MARGIN = 5.0
 """Points of R1@0.5 by which a model must beat the prior."""
-KNOWN_FAILING = {
-    "regress": "does not beat the prior yet on the shaped benchmark (issue 12, part 2)",
-    "ianet": "does not beat the prior yet on the shaped benchmark (issue 12, part 2)",
-}
+KNOWN_FAILING: dict[str, str] = {}
+"""Model name -> why it is expected to stay near the prior (an xfail); none at present."""
 
 
 @pytest.fixture(scope="module")
