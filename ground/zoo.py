@@ -161,7 +161,9 @@ def over_seeds(rows: list[dict]) -> dict:
 
 def table(rows: list[dict], cache: Path, machine: str) -> str:
     seeds = max(r.get("seeds", 1) for r in rows)
-    spread = f" Cells are the mean ± standard deviation over {seeds} seeds (0..{seeds - 1})." if seeds > 1 else ""
+    spread = ""
+    if seeds > 1:
+        spread = f" Cells are the mean ± standard deviation over {seeds} seeds (0..{seeds - 1})."
     lines = [
         f"Synthetic test split, cache `{cache.relative_to(REPO) if cache.is_relative_to(REPO) else cache}`, "
         f"{machine}. Produced by `make zoo`; do not edit by hand. MR: moment retrieval; HD: highlight "
@@ -236,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         per_seed = []
         for seed in range(args.seeds):
-            per_seed.append(run_model(name, data, args.epochs, args.run_dir, args.lr, speed if seed == 0 else None,
-                                      seed=seed))
+            timed = speed if seed == 0 else None  # the speed column is the first seed's
+            per_seed.append(run_model(name, data, args.epochs, args.run_dir, args.lr, timed, seed=seed))
             print(json.dumps(per_seed[-1]), flush=True)
         rows.append(over_seeds(per_seed))
     rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))

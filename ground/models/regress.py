@@ -4,7 +4,12 @@ After the BRAC Charades notebook (/work/shared/design/regress_charades_notebook.
 frozen video and text features to one hidden size, concatenate them along the sequence with
 sinusoidal positions, fuse them with a transformer encoder whose attention ignores padding, mean
 pool the video positions, and regress two sigmoid values ordered by min/max into a normalized
-window. Trained with EIoU (1 - IoU + centre term + width term) plus L1.
+window (``pooling: mean``). Trained with EIoU (1 - IoU + centre term + width term) plus L1.
+
+Two changes for real-shaped data (docs/models.md, regress): each frame also gets the `probe`'s
+clip-query score (``clip_evidence``), and by default (``pooling: attention``) the frames are
+pooled by their probability of lying inside the moment, and the regressor corrects the window
+those probabilities describe rather than reading the edges from a mean.
 
 Normalized coordinates are fractions of the *observed span*: from the start of the first real
 clip to the end of the last one. For a whole video that is [0, duration] (the notebook's
@@ -118,11 +123,12 @@ class RegressNet(nn.Module):
                 encoder, and train it with its own clip cross-entropy; it is also the saliency
                 output (docs/models.md, regress).
             evidence_weight: weight of that score's clip cross-entropy in the loss.
-            pooling: how the encoded frames become the regressor's input. ``mean``: their mean
-                (the notebook's). ``attention``: a softmax over the real frames of a learned
-                per-frame logit (plus the clip evidence's logit with ``clip_evidence``); the
-                regressor reads the weighted mean of the frames and the weights' mean and spread of
-                position in the observed span.
+            pooling: how the encoded frames become the window. ``mean`` (the notebook's): the
+                regressor reads their mean and outputs the two edges. ``attention``: each real
+                frame's ``sigmoid`` of a learned logit (plus the clip evidence's logit with
+                ``clip_evidence``), normalised over the frames, weighs the frames; the regressor
+                reads their weighted mean and the weights' mean and spread of position, and
+                outputs a correction of the window that mean and spread describe.
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -211,34 +217,39 @@ class RegressNet(nn.Module):
         fused = self.encoder(sequence, src_key_padding_mask=padding)  # (B, T + L, D)
         encoded = fused[:, : frames.shape[1]]  # (B, T, D)
         if self.attention is None:
-            pooled = masked_mean(encoded, video_mask)  # (B, D)
-        else:
-            logits = self.attention(encoded).squeeze(-1)  # (B, T)
-            if evidence is not None:
-                logits = logits + evidence.detach().masked_fill(~video_mask, 0.0).to(logits.dtype)
-            # Each frame's probability of lying inside the moment, normalised over the frames: the
-            # weights' mean and spread of position are then the moment's centre and width / sqrt(12).
-            inside = torch.sigmoid(logits) * video_mask  # (B, T)
-            weights = inside / inside.sum(dim=1, keepdim=True).clamp(min=1e-6)  # (B, T)
-            where = fraction.masked_fill(~video_mask, 0.0).to(weights.dtype)  # (B, T)
-            mean = (weights * where).sum(dim=1, keepdim=True)  # (B, 1)
-            spread = ((weights * (where - mean) ** 2).sum(dim=1, keepdim=True) + 1e-6).sqrt()  # (B, 1)
-            pooled = torch.cat([(weights.unsqueeze(-1) * encoded).sum(dim=1), mean, spread], dim=-1)
-        if self.attention is None:
-            raw = torch.sigmoid(self.head(pooled))  # (B, 2)
+            raw = torch.sigmoid(self.head(masked_mean(encoded, video_mask)))  # (B, 2)
             # min/max rather than a sort: both edges get a gradient and start <= end always holds.
             window_norm = torch.stack([raw.amin(dim=-1), raw.amax(dim=-1)], dim=-1)  # (B, 2)
         else:
-            # The regressor corrects the window the weights describe: centre + d_c, half-width
-            # sqrt(3) spread e^{d_w} (a uniform window of width w has spread w / sqrt(12)).
-            correction = self.head(pooled)  # (B, 2)
-            centre = mean + correction[:, :1]
-            half = math.sqrt(3.0) * spread * correction[:, 1:].clamp(max=MAX_LOG_SCALE).exp()
-            window_norm = torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)  # (B, 2)
+            window_norm = self._attended_window(encoded, video_mask, fraction, evidence)
         output = {"window_norm": window_norm, "span_sec": span_sec}
         if evidence is not None:
             output["saliency"] = evidence
         return output
+
+    def _attended_window(self, encoded: Tensor, video_mask: Tensor, fraction: Tensor,
+                         evidence: Tensor | None) -> Tensor:
+        """``pooling: attention``: (B, T, D) frames, (B, T) mask, positions in [0, 1] and evidence
+        logits (or None) -> (B, 2) window in [0, 1] of the observed span.
+
+        Each frame's probability of lying inside the moment, normalised over the frames, makes
+        weights whose mean of position is the moment's centre and whose spread is its width over
+        sqrt(12) (a uniform window). The head reads the weighted frames with that mean and spread
+        and outputs a correction: centre ``mean + d_c``, half-width ``sqrt(3) spread e^{d_w}``.
+        """
+        logits = self.attention(encoded).squeeze(-1)  # (B, T)
+        if evidence is not None:
+            logits = logits + evidence.detach().masked_fill(~video_mask, 0.0).to(logits.dtype)
+        inside = torch.sigmoid(logits) * video_mask  # (B, T)
+        weights = inside / inside.sum(dim=1, keepdim=True).clamp(min=1e-6)  # (B, T)
+        where = fraction.masked_fill(~video_mask, 0.0).to(weights.dtype)  # (B, T)
+        mean = (weights * where).sum(dim=1, keepdim=True)  # (B, 1)
+        spread = ((weights * (where - mean) ** 2).sum(dim=1, keepdim=True) + 1e-6).sqrt()  # (B, 1)
+        pooled = torch.cat([(weights.unsqueeze(-1) * encoded).sum(dim=1), mean, spread], dim=-1)  # (B, D + 2)
+        correction = self.head(pooled)  # (B, 2)
+        centre = mean + correction[:, :1]
+        half = math.sqrt(3.0) * spread * correction[:, 1:].clamp(max=MAX_LOG_SCALE).exp()
+        return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)
 
     def _check_batch(self, batch: dict) -> None:
         check_batch("regress", batch, self.video_dim, self.text_dim)

@@ -61,7 +61,8 @@ def test_models_read_the_evidence_and_train_it_with_its_own_loss(name: str) -> N
     parts = model.loss(output, batch)
     assert parts["evidence"].item() == pytest.approx(ClipEvidence.loss(output["saliency"], batch).item())
     parts["loss"].backward()
-    assert model.evidence.bilinear.grad.abs().sum() > 0 and model.evidence.embedding.weight.grad.abs().sum() > 0
+    assert model.evidence.bilinear.grad.abs().sum() > 0
+    assert model.evidence.embedding.weight.grad.abs().sum() > 0
     assert model.decode(output, batch, 2).saliency is output["saliency"]
     plain = WITH_OWN_LOSS[name](clip_evidence=False)
     assert plain.evidence is None

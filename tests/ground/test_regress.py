@@ -156,7 +156,8 @@ def test_attention_pooling_starts_from_the_window_the_evidence_describes() -> No
         window = model(batch)["window_norm"][0]
     centres = (torch.arange(2, 6) + 0.5) / 10
     half = math.sqrt(3.0) * centres.std(unbiased=False)
-    torch.testing.assert_close(window, torch.stack([centres.mean() - half, centres.mean() + half]), atol=1e-3, rtol=0)
+    expected = torch.stack([centres.mean() - half, centres.mean() + half])
+    torch.testing.assert_close(window, expected, atol=1e-3, rtol=0)
     torch.testing.assert_close(window, torch.tensor([0.2, 0.6]), atol=0.01, rtol=0)
     mean_pooled = tiny_regress(pooling="mean")
     assert mean_pooled.attention is None and mean_pooled.head[0].in_features == 32

@@ -77,7 +77,8 @@ def test_a_model_without_saliency_says_so(data: GroundingDataModule) -> None:
 def test_seeds_are_reported_as_mean_and_spread() -> None:
     base = {"model": "m", "trainable": True, "params": 10, "epochs": 2, "samples_per_sec": 5.0, "seeds": 1}
     rows = [base | {"train_sec": 10.0, "MR-full-R1@0.5": 50.0, "HD-window-mAP": 20.0},
-            base | {"train_sec": 30.0, "MR-full-R1@0.5": 60.0, "HD-window-mAP": 20.0, "samples_per_sec": None}]
+            base | {"train_sec": 30.0, "MR-full-R1@0.5": 60.0, "HD-window-mAP": 20.0,
+                    "samples_per_sec": None}]
     merged = zoo.over_seeds(rows)
     assert merged["MR-full-R1@0.5"] == 55.0 and merged["MR-full-R1@0.5 sd"] == 5.0
     assert merged["train_sec"] == 20.0 and merged["samples_per_sec"] == 5.0 and merged["seeds"] == 2
