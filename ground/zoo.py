@@ -76,7 +76,7 @@ def run_model(name: str, data: GroundingDataModule, epochs: int, run_dir: Path, 
             enable_progress_bar=False,
             enable_model_summary=False,
             gradient_clip_val=1.0,
-            check_val_every_n_epoch=2,
+            check_val_every_n_epoch=2 if epochs >= 2 else 1,  # one epoch must still validate
         )
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=data)

@@ -48,6 +48,8 @@ VIDEO, TEXT = 0, 1  # rows of the modality embedding
 MIN_SPAN_SEC = 1e-3
 # exp() of the half-width correction is capped here (e^5 ~ 150 times): it keeps a diverging head finite.
 MAX_LOG_SCALE = 5.0
+# Two decoded windows whose edges differ by no more than this many seconds are one window.
+SAME_WINDOW_SEC = 1e-3
 
 
 def observed_span(timestamps: Tensor, mask: Tensor) -> Tensor:
@@ -312,7 +314,10 @@ class RegressNet(nn.Module):
             # The regressed window scores IoU 1 with itself, except a zero-length one (IoU 0 with
             # everything) which the stable sort still keeps first; give it the documented score 1.
             cand_score[0] = 1.0
-            distinct = [0] + [i for i in range(1, len(cand)) if not (cand[:i] == cand[i]).all(-1).any()]
+            # Equal within SAME_WINDOW_SEC: clipping and float rounding make variants that differ
+            # by 1e-7 s, which would otherwise fill the top-k with one window twice.
+            same = (cand[:, None] - cand[None]).abs().amax(dim=-1) <= SAME_WINDOW_SEC  # (V, V)
+            distinct = [0] + [i for i in range(1, len(cand)) if not same[i, :i].any()]
             cand, cand_score = cand[distinct][:k], cand_score[distinct][:k]
             missing = k - len(cand)
             if missing:

@@ -165,6 +165,17 @@ def test_attention_pooling_starts_from_the_window_the_evidence_describes() -> No
         tiny_regress(pooling="max")
 
 
+def test_regress_decode_drops_variants_equal_up_to_rounding() -> None:
+    """Variants 1e-7 s apart (clipping and float rounding make them) are one window, not two."""
+    model = tiny_regress()
+    model.variant_grid = torch.tensor([[0.0, 1.0], [1e-8, 1.0], [0.5, 1.0]])
+    batch = one_window_batch(10, (2.0, 6.0))
+    output = {"window_norm": torch.tensor([[0.2, 0.6]]), "span_sec": torch.tensor([[0.0, 10.0]])}
+    preds = model.decode(output, batch, k=3)
+    assert preds.window_mask[0].tolist() == [True, True, False]
+    torch.testing.assert_close(preds.windows[0, :2], torch.tensor([[2.0, 6.0], [4.0, 8.0]]))
+
+
 def test_regress_overfits_eight_samples() -> None:
     """Clips inside the ground-truth window carry a shared pattern; regress must find it."""
     batch = planted_batch()
