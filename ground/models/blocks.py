@@ -311,6 +311,19 @@ def clip_window_bce(scores: Tensor, inside: Tensor, scored: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(scores[scored], inside[scored].to(scores.dtype))
 
 
+def check_evidence_options(model: str, clip_evidence: object, evidence_weight: object = 1.0) -> None:
+    """A model's ``clip_evidence`` must be a bool and its ``evidence_weight`` a number >= 0.
+
+    Raises:
+        ValueError naming the model and the value (a config's ``maybe`` would otherwise read as true).
+    """
+    if not isinstance(clip_evidence, bool):
+        raise ValueError(f"{model}: clip_evidence must be true or false, got {clip_evidence!r}")
+    is_number = isinstance(evidence_weight, (int, float)) and not isinstance(evidence_weight, bool)
+    if not is_number or evidence_weight < 0:
+        raise ValueError(f"{model}: evidence_weight must be a number >= 0, got {evidence_weight!r}")
+
+
 class ClipEvidence(nn.Module):
     """The `probe`'s clip-query score on the cached features, as an input a network can read.
 

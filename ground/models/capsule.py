@@ -33,6 +33,7 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    check_evidence_options,
     decode_spans,
     longest_window,
     masked_mean,
@@ -269,6 +270,7 @@ class CapsuleNet(nn.Module):
         )
         self.align_video = nn.Linear(hidden_dim, hidden_dim)
         self.align_text = nn.Linear(hidden_dim, hidden_dim)
+        check_evidence_options("capsule", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
         self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 

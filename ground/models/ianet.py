@@ -31,6 +31,7 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    check_evidence_options,
     check_nonempty,
     nms_1d,
     sinusoidal_encoding,
@@ -288,6 +289,7 @@ class IANet(nn.Module):
             nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_dim, 2 * n_anchors),
         )
+        check_evidence_options("ianet", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
         self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 

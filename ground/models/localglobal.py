@@ -42,6 +42,7 @@ from ground.models.blocks import (
     Projection,
     assign_clips,
     check_batch,
+    check_evidence_options,
     eiou_loss,
     nms_1d,
 )
@@ -213,6 +214,7 @@ class LocalGlobalNet(nn.Module):
         self.boundary_head = head(hidden_dim, 2)
         self.segment_head = head(hidden_dim, 2)
         self.confidence_head = head(hidden_dim, 1)
+        check_evidence_options("localglobal", clip_evidence)
         self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
         # Start from windows about two clips long rather than zero-length ones.
         nn.init.constant_(self.boundary_head[-1].bias, math.log(2.0))

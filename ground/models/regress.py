@@ -35,6 +35,7 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    check_evidence_options,
     eiou_loss,
     longest_window,
     masked_mean,
@@ -180,6 +181,7 @@ class RegressNet(nn.Module):
         if self.attention is not None:  # start from the window the weights describe
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
+        check_evidence_options("regress", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
         self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
 

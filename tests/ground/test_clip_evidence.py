@@ -91,3 +91,13 @@ def test_localglobal_adds_the_evidence_to_its_confidence() -> None:
     assert model.evidence.bilinear.grad.abs().sum() > 0, "the confidence cross-entropy trains the score"
     assert model.evidence.embedding.weight.grad.abs().sum() > 0, "the clips read the score"
     assert tiny_localglobal(clip_evidence=False).evidence is None
+
+
+@pytest.mark.parametrize("name", sorted([*WITH_OWN_LOSS, "localglobal"]))
+def test_evidence_options_are_checked(name: str) -> None:
+    build = WITH_OWN_LOSS.get(name, tiny_localglobal)
+    with pytest.raises(ValueError, match=f"{name}: clip_evidence must be true or false, got 'maybe'"):
+        build(clip_evidence="maybe")
+    if name != "localglobal":  # localglobal's evidence is trained by its confidence loss: no weight
+        with pytest.raises(ValueError, match="evidence_weight must be a number >= 0, got -1"):
+            build(evidence_weight=-1.0)
