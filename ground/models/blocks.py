@@ -311,19 +311,6 @@ def clip_window_bce(scores: Tensor, inside: Tensor, scored: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(scores[scored], inside[scored].to(scores.dtype))
 
 
-def check_evidence_options(model: str, clip_evidence: object, evidence_weight: object = 1.0) -> None:
-    """A model's ``clip_evidence`` must be a bool and its ``evidence_weight`` a number >= 0.
-
-    Raises:
-        ValueError naming the model and the value (a config's ``maybe`` would otherwise read as true).
-    """
-    if not isinstance(clip_evidence, bool):
-        raise ValueError(f"{model}: clip_evidence must be true or false, got {clip_evidence!r}")
-    is_number = isinstance(evidence_weight, (int, float)) and not isinstance(evidence_weight, bool)
-    if not is_number or evidence_weight < 0:
-        raise ValueError(f"{model}: evidence_weight must be a number >= 0, got {evidence_weight!r}")
-
-
 class ClipEvidence(nn.Module):
     """The `probe`'s clip-query score on the cached features, as an input a network can read.
 
@@ -343,6 +330,34 @@ class ClipEvidence(nn.Module):
         self.linear = nn.Parameter(torch.zeros(video_dim))  # u (Dv,)
         self.bias = nn.Parameter(torch.zeros(()))  # c
         self.embedding = nn.Linear(1, hidden_dim)
+
+    @classmethod
+    def optional(cls, model: str, enabled: object, video_dim: int, text_dim: int, hidden_dim: int,
+                 weight: object = 1.0) -> ClipEvidence | None:
+        """The block a model's ``clip_evidence`` asks for, or None when it is false.
+
+        Args:
+            model: the model's name, for the error.
+            enabled: the model's ``clip_evidence``; must be a bool (a config's ``maybe`` would
+                otherwise read as true).
+            weight: the model's ``evidence_weight`` for ``loss``; a number >= 0.
+
+        Raises:
+            ValueError naming the model and the value.
+        """
+        if not isinstance(enabled, bool):
+            raise ValueError(f"{model}: clip_evidence must be true or false, got {enabled!r}")
+        is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if not is_number or weight < 0:
+            raise ValueError(f"{model}: evidence_weight must be a number >= 0, got {weight!r}")
+        return cls(video_dim, text_dim, hidden_dim) if enabled else None
+
+    def add_to(self, x: Tensor, video: Tensor, video_mask: Tensor, tokens: Tensor, text_mask: Tensor
+               ) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) plus the embedded score, and the score: video (B, T, Dv) and tokens (B, L, Dt)
+        as cached -> ((B, T, D), (B, T) logits, ``-inf`` on padding)."""
+        scores = self(video, video_mask, tokens, text_mask)  # (B, T)
+        return x + self.embed(scores, video_mask), scores
 
     def forward(self, video: Tensor, video_mask: Tensor, tokens: Tensor, text_mask: Tensor) -> Tensor:
         """video (B, T, Dv), tokens (B, L, Dt) as cached -> (B, T) logits, ``-inf`` on padding."""

@@ -33,7 +33,6 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
-    check_evidence_options,
     decode_spans,
     longest_window,
     masked_mean,
@@ -270,9 +269,9 @@ class CapsuleNet(nn.Module):
         )
         self.align_video = nn.Linear(hidden_dim, hidden_dim)
         self.align_text = nn.Linear(hidden_dim, hidden_dim)
-        check_evidence_options("capsule", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
-        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
+        self.evidence = ClipEvidence.optional("capsule", clip_evidence, video_dim, text_dim, hidden_dim,
+                                              evidence_weight)
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the network the current (0-based) training epoch; it gates the diversity loss."""
@@ -296,8 +295,7 @@ class CapsuleNet(nn.Module):
         x = (x + sinusoidal_encoding(centre_sec, self.hidden_dim).to(x.dtype)) * keep
         evidence = None
         if self.evidence is not None:
-            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
-            x = x + self.evidence.embed(evidence, video_mask)  # (B, T, D)
+            x, evidence = self.evidence.add_to(x, batch["video"], video_mask, batch["text"], text_mask)
         x = self.encoder(x, video_mask)  # (B, T, D)
         text = self.text_proj(batch["text"])  # (B, L, D)
 

@@ -31,7 +31,6 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
-    check_evidence_options,
     check_nonempty,
     nms_1d,
     sinusoidal_encoding,
@@ -289,9 +288,9 @@ class IANet(nn.Module):
             nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden_dim, 2 * n_anchors),
         )
-        check_evidence_options("ianet", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
-        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
+        self.evidence = ClipEvidence.optional("ianet", clip_evidence, video_dim, text_dim, hidden_dim,
+                                              evidence_weight)
 
     # ---- network -----------------------------------------------------------------------------
 
@@ -319,8 +318,9 @@ class IANet(nn.Module):
         text = self.text_encoder(batch["text"], token_index, text_mask)  # (B, L, D)
         evidence = None
         if self.evidence is not None:
-            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
-            video = video + self.evidence.embed(evidence, video_mask)  # (B, T, D)
+            video, evidence = self.evidence.add_to(
+                video, batch["video"], video_mask, batch["text"], text_mask
+            )  # (B, T, D), (B, T)
         for block in self.blocks:
             video, text = block(video, video_mask, text, text_mask)
 

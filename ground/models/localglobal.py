@@ -42,7 +42,6 @@ from ground.models.blocks import (
     Projection,
     assign_clips,
     check_batch,
-    check_evidence_options,
     eiou_loss,
     nms_1d,
 )
@@ -214,8 +213,7 @@ class LocalGlobalNet(nn.Module):
         self.boundary_head = head(hidden_dim, 2)
         self.segment_head = head(hidden_dim, 2)
         self.confidence_head = head(hidden_dim, 1)
-        check_evidence_options("localglobal", clip_evidence)
-        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
+        self.evidence = ClipEvidence.optional("localglobal", clip_evidence, video_dim, text_dim, hidden_dim)
         # Start from windows about two clips long rather than zero-length ones.
         nn.init.constant_(self.boundary_head[-1].bias, math.log(2.0))
 
@@ -260,8 +258,7 @@ class LocalGlobalNet(nn.Module):
         x = x + self.position(timestamps, duration).to(x.dtype)
         evidence = None
         if self.evidence is not None:  # a constructor choice: fixed when traced
-            evidence = self.evidence(video, video_mask, text, text_mask)  # (B, T), -inf on padding
-            x = x + self.evidence.embed(evidence, video_mask)  # (B, T, D)
+            x, evidence = self.evidence.add_to(x, video, video_mask, text, text_mask)  # (B, T, D), (B, T)
         tokens = self.text_proj(text)  # (B, L, D)
         for layer in self.layers:
             x = layer(x, video_mask, tokens, text_mask)  # (B, T, D)

@@ -35,7 +35,6 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
-    check_evidence_options,
     eiou_loss,
     longest_window,
     masked_mean,
@@ -181,9 +180,9 @@ class RegressNet(nn.Module):
         if self.attention is not None:  # start from the window the weights describe
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
-        check_evidence_options("regress", clip_evidence, evidence_weight)
         self.evidence_weight = evidence_weight
-        self.evidence = ClipEvidence(video_dim, text_dim, hidden_dim) if clip_evidence else None
+        self.evidence = ClipEvidence.optional("regress", clip_evidence, video_dim, text_dim, hidden_dim,
+                                              evidence_weight)
 
     # ---- network -----------------------------------------------------------------------------
 
@@ -212,8 +211,9 @@ class RegressNet(nn.Module):
         frames = frames + frame_pos.to(frames.dtype) + self.modality.weight[VIDEO]
         evidence = None
         if self.evidence is not None:
-            evidence = self.evidence(batch["video"], video_mask, batch["text"], text_mask)  # (B, T)
-            frames = frames + self.evidence.embed(evidence, video_mask)  # (B, T, D)
+            frames, evidence = self.evidence.add_to(
+                frames, batch["video"], video_mask, batch["text"], text_mask
+            )  # (B, T, D), (B, T)
         tokens = tokens + token_pos.to(tokens.dtype) + self.modality.weight[TEXT]
 
         sequence = torch.cat([frames, tokens], dim=1)  # (B, T + L, D)
