@@ -48,7 +48,7 @@ from cache_schema.fake import write_fake_cache
 from ground.data import GroundingDataModule, SplitTensors, pad_clips
 from ground.metrics import MomentRetrievalMetric
 from ground.models import build_model, trainable_models
-from ground.module import scaled_lr
+from ground.module import adamw, scaled_lr
 from ground.threads import apply_thread_policy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def make_step(
     device = next(net.parameters()).device
     trained = [*net.parameters(), *([] if adapter is None else adapter.parameters())]
     trained = [p for p in trained if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=lr)
+    optimizer = adamw(trained, lr)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     forward = torch.compile(net) if compile_net else net
     gen = torch.Generator().manual_seed(seed)

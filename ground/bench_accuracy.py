@@ -42,7 +42,7 @@ from ground.metrics import (
     retrieval_metrics,
 )
 from ground.models import list_models, trainable_models
-from ground.module import GroundingModule
+from ground.module import GroundingModule, adamw
 from ground.zoo import write_between_markers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -388,7 +388,7 @@ def time_step_sec(name: str, data: GroundingDataModule, lr: float, steps: int = 
     module = GroundingModule(
         name=name, hparams=_hparams(name, hparams), video_dim=data.video_dim, text_dim=data.text_dim, lr=lr
     )
-    optimizer = torch.optim.AdamW(module.net.parameters(), lr=lr)
+    optimizer = adamw(module.net.parameters(), lr)
     if len(data.train_dataloader()) == 0:
         raise BenchError(f"{name}: the training split has no batch to time")
 

@@ -37,6 +37,11 @@ class UnknownEncoderError(GroundcacheError, KeyError):
     """An encoder chosen by name is not in the cache; the message names the cache and lists its encoders."""
 
 
+class ModelConfigError(GroundcacheError, ValueError):
+    """A network's constructor refuses its hyperparameters (an unknown key, a value out of range);
+    the message names the model, the key or the value, and where they come from."""
+
+
 class GroundingInputError(GroundcacheError, ValueError):
     """Bad input to a grounding command (queries, options, a split unfit for the task); names the item."""
 

@@ -187,6 +187,14 @@ class _OnnxAttention(nn.Module):
         self.attn = attn
         self.where = where
 
+    def __getattr__(self, name: str):
+        # nn.TransformerEncoder(Layer) reads the attention's settings (batch_first, in_proj_weight,
+        # ...) before calling it; they are the wrapped module's.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("attn"), name)
+
     def forward(
         self,
         query: Tensor,
@@ -198,14 +206,19 @@ class _OnnxAttention(nn.Module):
         average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, None]:
-        """query (B, N, D), key/value (B, M, D), key_padding_mask (B, M) True = padding."""
+        """query (B, N, D), key/value (B, M, D), key_padding_mask (B, M): True (or -inf, the float
+        form nn.TransformerEncoder passes) on padding."""
         if need_weights or attn_mask is not None or is_causal:
             raise ExportError(
                 f"{self.where}: ONNX export supports attention called with need_weights=False, "
                 "no attn_mask and is_causal=False"
             )
-        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-            raise ExportError(f"{self.where}: ONNX export supports a boolean key_padding_mask only")
+        if key_padding_mask is not None and not (
+            key_padding_mask.dtype == torch.bool or key_padding_mask.is_floating_point()
+        ):
+            raise ExportError(
+                f"{self.where}: ONNX export supports a boolean or additive float key_padding_mask"
+            )
         attn = self.attn
         w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
         b_q, b_k, b_v = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None,) * 3
@@ -215,7 +228,12 @@ class _OnnxAttention(nn.Module):
             return F.linear(x, weight, bias).unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2)
 
         q, k, v = heads(query, w_q, b_q), heads(key, w_k, b_k), heads(value, w_v, b_v)
-        allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, M)
+        if key_padding_mask is None:
+            allowed = None
+        elif key_padding_mask.dtype == torch.bool:
+            allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, M) True = attend
+        else:
+            allowed = key_padding_mask[:, None, None, :].to(q.dtype)  # (B, 1, 1, M) added to the scores
         dropout_p = attn.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, dropout_p=dropout_p
@@ -427,6 +445,9 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
     out.parent.mkdir(parents=True, exist_ok=True)
     hp = module.hparams
     name, video_dim, text_dim = hp.name, int(hp.video_dim), int(hp.text_dim)
+    refusal = getattr(module.net, "export_refusal", None)
+    if refusal:  # a network that knows its trace cannot generalise says why, before any tracing
+        raise ExportError(f"model {name!r} cannot be exported to {fmt}: {refusal}")
     reference = copy.deepcopy(module.net).eval()
     axes = describe_outputs(reference, name, video_dim, text_dim)
     net = copy.deepcopy(module.net).eval()

@@ -101,6 +101,25 @@ def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int = 32) -> flo
     return base_lr * math.sqrt(batch_size / base_batch_size)
 
 
+def adamw(params, lr: float, *, grad_scaling: bool = False) -> torch.optim.AdamW:
+    """AdamW over `params` (tensors or param-group dicts), fused into one kernel per step when it can be.
+
+    torch's fused AdamW (CPU and CUDA) updates every parameter in one pass: on one CPU thread it
+    takes about a quarter of the time of the default for-each update (5.5 against 21 ms for
+    `span`'s 2.5 M parameters; docs/benchmarks.md). It is not used with `grad_scaling`: a fused
+    optimizer unscales gradients inside its step, so Lightning's mixed-precision plugin refuses to
+    clip them first. The update is the same arithmetic either way.
+    """
+    groups = list(params)
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = (
+        not grad_scaling
+        and bool(tensors)
+        and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+    )
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
 class GroundingModule(L.LightningModule):
     """Trains, validates, tests and predicts with any registered grounding network.
 
@@ -233,12 +252,15 @@ class GroundingModule(L.LightningModule):
         for name, param in self.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
-        optimizer = torch.optim.AdamW(
+        optimizer = adamw(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.hparams.lr,
+            self.hparams.lr,
+            # Lightning's mixed-precision plugin ("16-mixed", "bf16-mixed") clips after unscaling,
+            # which a fused step would do itself.
+            grad_scaling="mixed" in str(self.trainer.precision),
         )
         check_stopping_rule(self.trainer.max_epochs, self.trainer.max_steps)
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -7,10 +7,13 @@ cache, the hyperparameters from ``ground/configs/model/<name>.yaml``. See docs/a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
+
+from ground.errors import ModelConfigError
 
 ModelT = TypeVar("ModelT", bound=type[nn.Module])
 
@@ -61,9 +64,28 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
         name: registry name, e.g. ``"span"``.
         video_dim: size of the (concatenated) video features, from the cache.
         text_dim: size of the text token features, from the cache.
-        **hparams: constructor arguments; an unknown one raises ``TypeError`` from the constructor.
+        **hparams: constructor arguments (``ground/configs/model/<name>.yaml``, or
+            ``--model.hparams.KEY`` on the command line).
+
+    Raises:
+        KeyError: an unknown ``name``.
+        ModelConfigError: an argument the constructor does not take, a missing one, or a value
+            it refuses (its ``ValueError`` or ``TypeError``); one line naming the model.
     """
-    return get_model_class(name)(video_dim=video_dim, text_dim=text_dim, **hparams)
+    cls = get_model_class(name)
+    kwargs = {"video_dim": video_dim, "text_dim": text_dim, **hparams}
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        known = [p for p in inspect.signature(cls).parameters if p not in ("video_dim", "text_dim")]
+        raise ModelConfigError(
+            f"model {name}: {err}; its hyperparameters are: {', '.join(known)}"
+        ) from err
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # a refused value, or one of the wrong type
+        message = str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}"
+        raise ModelConfigError(f"model {message} (hyperparameters {hparams})") from err
 
 
 # Importing the model modules registers them; keep this list in step with the files in this folder.

@@ -205,6 +205,13 @@ class IANet(nn.Module):
     `probe`'s clip-query score (``blocks.ClipEvidence``); without it there is none. No presence.
     """
 
+    export_refusal = (
+        "its GRUs run on packed sequences (pack_padded_sequence), whose per-sample lengths a trace "
+        "records as constants, so the export would only run at the traced lengths; serve the "
+        "checkpoint with `python -m ground serve` or `python -m ground predict` instead"
+    )
+    """Why `python -m ground export` refuses this network (`ground.export.export_module`)."""
+
     def __init__(
         self,
         video_dim: int,

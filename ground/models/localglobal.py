@@ -41,6 +41,7 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     assign_clips,
+    batch_first_attention,
     check_batch,
     eiou_loss,
     nms_1d,
@@ -82,7 +83,7 @@ class GlobalContextBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, D), mask (B, T) -> (B, T, D)."""
         attended, passed = x[..., : self.half], x[..., self.half :]  # (B, T, D/2) each
-        attended, _ = self.attn(attended, attended, attended, key_padding_mask=~mask, need_weights=False)
+        attended = batch_first_attention(self.attn, attended, attended, mask)
         return torch.cat([attended, passed], dim=-1)
 
 

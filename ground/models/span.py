@@ -312,13 +312,18 @@ class SpanNet(nn.Module):
         }
         if self.training:
             n_neg = math.ceil(self.presence_negative_fraction * len(clips))
-            rolled_mask = video_mask.roll(1, dims=0)[:n_neg]  # (M, T)
+            # Query i is paired with video i - 1 (a roll by one along B), gathered for the M
+            # negatives only rather than rolling the whole batch.
+            prev = (torch.arange(n_neg, device=clips.device) - 1) % len(clips)  # (M,)
+            rolled_mask = video_mask.index_select(0, prev)  # (M, T)
             negative_saliency = None
             if self.saliency_embed is not None:  # the rolled video's clips against this query
-                negative_saliency = self.saliency_head(
-                    context.roll(1, dims=0)[:n_neg], rolled_mask, text[:n_neg], text_mask[:n_neg],
-                    video.roll(1, dims=0)[:n_neg], tokens[:n_neg])  # (M, T)
-            negative_frames = self.attend(clips.roll(1, dims=0)[:n_neg], rolled_mask, text[:n_neg],
+                # Only read through `embed_scores`, which detaches it: no graph needed.
+                with torch.no_grad():
+                    negative_saliency = self.saliency_head(
+                        context.index_select(0, prev), rolled_mask, text[:n_neg], text_mask[:n_neg],
+                        video.index_select(0, prev), tokens[:n_neg])  # (M, T)
+            negative_frames = self.attend(clips.index_select(0, prev), rolled_mask, text[:n_neg],
                                           text_mask[:n_neg], negative_saliency)  # (M, T, D)
             vids = list(batch["vid"])
             rolled_vids = vids[-1:] + vids[:-1]

@@ -11,11 +11,13 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import yaml
 from torch import Tensor, nn
 
 from cache_schema.fake import write_fake_cache
 from ground.data import GroundingDataModule
 from ground.export import (
+    CHECK_SIZES,
     INPUT_NAMES,
     ExportError,
     example_inputs,
@@ -24,8 +26,10 @@ from ground.export import (
     load_module,
     sidecar_path,
 )
+from ground.models import trainable_models
 from ground.module import GroundingModule
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SPAN_OUTPUTS = ["start_logits", "end_logits", "saliency", "presence_logit"]
 # (B, T, L): two clip counts and token counts, neither the traced (2, 7, 5) pair for both axes.
 SIZES = [(2, 7, 3), (4, 40, 9)]
@@ -162,3 +166,30 @@ def test_bad_arguments(ckpt: Path, tmp_path: Path) -> None:
         export_module(load_module(ckpt), tmp_path / "m.onnx", "onnx", opset=11)
     with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
         load_module(tmp_path / "missing.ckpt")
+
+
+# Small networks of every trainable model, so the export of each is checked quickly.
+SMALL = {
+    "span": {"hidden_dim": 32, "num_layers": 1, "num_heads": 2},
+    "regress": {"hidden_dim": 32, "num_heads": 2, "feedforward_dim": 64},
+}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", [n for n in trainable_models() if n != "span"])  # span: above
+def test_every_model_exports_or_says_why_not(name: str, fmt: str, tmp_path: Path) -> None:
+    """Each model's own config (smaller where noted), checked against PyTorch at two sizes by
+    `export_module`; a network with `export_refusal` is refused naming it, before any tracing."""
+    config = yaml.safe_load((REPO_ROOT / "ground" / "configs" / "model" / f"{name}.yaml").read_text())
+    hparams = {**(config["hparams"] or {}), **SMALL.get(name, {})}
+    module = GroundingModule(name=name, hparams=hparams, video_dim=16, text_dim=12)
+    out = tmp_path / f"{name}.{fmt}"
+    refusal = getattr(module.net, "export_refusal", None)
+    if refusal:
+        with pytest.raises(ExportError, match=rf"^model '{name}' cannot be exported to {fmt}: .*packed"):
+            export_module(module, out, fmt)
+        assert not out.exists()
+        return
+    record = export_module(module, out, fmt)
+    assert out.exists() and record["model"] == name
+    assert [c["clips"] for c in record["verification"]["checks"]] == [c[1] for c in CHECK_SIZES]

@@ -87,3 +87,26 @@ def test_span_refuses_a_negative_fraction_outside_zero_one() -> None:
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="presence_negative_fraction"):
             tiny_span(presence_negative_fraction=bad)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_batch_first_attention_is_the_modules_own_math(cross: bool) -> None:
+    """`blocks.batch_first_attention` skips nn.MultiheadAttention's layout copies, not its math:
+    same outputs and same gradients, padded keys included."""
+    from ground.models.blocks import batch_first_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, batch_first=True).train()  # dropout 0
+    query = torch.randn(3, 7, 16, requires_grad=True)
+    keys = torch.randn(3, 5, 16, requires_grad=True) if cross else query
+    key_mask = torch.ones(3, keys.shape[1], dtype=torch.bool)
+    key_mask[0, 3:] = False
+    key_mask[2, 1:] = False
+    ours = batch_first_attention(attn, query, keys, key_mask)
+    wrt = [query, attn.in_proj_weight, attn.out_proj.weight]
+    ours_grads = torch.autograd.grad(ours.square().sum(), wrt)
+    theirs, _ = attn(query, keys, keys, key_padding_mask=~key_mask, need_weights=False)
+    theirs_grads = torch.autograd.grad(theirs.square().sum(), wrt)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours_grads, theirs_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ from cache_schema.fake import write_fake_cache
 from ground.cli import main as ground_main
 from ground.data import GroundingDataModule, SplitTensors
 from ground.models import build_model
-from ground.module import GroundingModule, NonFiniteLossError, sliding_window_decode
+from ground.module import GroundingModule, NonFiniteLossError, adamw, sliding_window_decode
 
 TINY = [
     "--model.hparams.hidden_dim",
@@ -120,6 +120,8 @@ def test_fit_resume_predict_eval_round_trip(cache: Path, tmp_path: Path) -> None
     state = torch.load(last, map_location="cpu", weights_only=True)
     steps = state["global_step"]
     assert state["groundcache"]["encoders"]["text_encoder"]["name"] == "fake_text"
+    # float32 on CPU: one fused AdamW kernel per step (ground.module.adamw), and it resumes below.
+    assert all(g["fused"] for g in state["optimizer_states"][0]["param_groups"])
     # Resuming continues at the same step and trains the remaining epoch only.
     resume = _cli(
         cache,
@@ -218,3 +220,11 @@ def test_overfit_eight_samples(cache: Path) -> None:
     trainer.fit(module, datamodule=data)
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     assert metrics["val/MR-full-R1@0.5"] == 100.0
+
+
+def test_adamw_is_fused_unless_gradients_are_scaled() -> None:
+    weight, bias = torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.zeros(3))
+    groups = [{"params": [weight], "weight_decay": 0.1}, {"params": [bias], "weight_decay": 0.0}]
+    assert adamw(groups, 1e-3).defaults["fused"] is True
+    # Lightning's mixed-precision plugin clips after unscaling, which a fused step does itself.
+    assert not adamw([weight, bias], 1e-3, grad_scaling=True).defaults["fused"]

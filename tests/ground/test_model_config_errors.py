@@ -1,0 +1,65 @@
+"""A bad model hyperparameter is one `error:` line naming the model and exit 2, for every model.
+
+Unknown keys (a typo on `--model.hparams.KEY`), values a constructor refuses, and values of the
+wrong type all reach `build_model`, which turns them into `ModelConfigError`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cache_schema.fake import write_fake_cache
+from ground.cli import main as ground_main
+from ground.errors import ModelConfigError
+from ground.models import build_model, trainable_models
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model_config") / "cache.h5"
+    write_fake_cache(path, n_videos=6, queries_per_video=1)
+    return path
+
+
+@pytest.mark.parametrize("name", trainable_models())
+def test_an_unknown_hyperparameter_names_the_model_and_the_key(name: str) -> None:
+    with pytest.raises(ModelConfigError, match=rf"^model {name}: .*'hiden_dim'.*its hyperparameters are: "):
+        build_model(name, video_dim=8, text_dim=8, hiden_dim=16)
+
+
+def test_a_refused_value_keeps_the_constructor_message() -> None:
+    refused = r"^model regress: pooling must be 'mean' or 'attention', got 'bogus'"
+    with pytest.raises(ModelConfigError, match=refused):
+        build_model("regress", video_dim=8, text_dim=8, pooling="bogus")
+    with pytest.raises(ModelConfigError, match=r"^model span: .*'hidden_dim': 'abc'"):
+        build_model("span", video_dim=8, text_dim=8, hidden_dim="abc")
+
+
+@pytest.mark.parametrize(
+    ("name", "flag", "value", "expected"),
+    [
+        ("span", "--model.hparams.hiden_dim", "16", r"^error: model span: .*'hiden_dim'"),
+        ("regress", "--model.hparams.pooling", "bogus", r"^error: model regress: pooling must be"),
+        ("capsule", "--model.hparams.evidence_weight", "-1", r"^error: model capsule: "),
+    ],
+)
+def test_fit_with_a_bad_hyperparameter_is_one_line_and_exit_2(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, flag: str, value: str,
+    expected: str,
+) -> None:
+    config = REPO_ROOT / "ground" / "configs" / "model" / f"{name}.yaml"
+    code = ground_main([
+        "fit", "--data.cache", str(cache), "--model", str(config),
+        flag, value, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    assert re.search(expected, lines[0]), lines[0]
