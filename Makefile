@@ -17,8 +17,9 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(PY) -m ground demo $(ARGS)
 
+# One worker per core (at most 4), each test file on one worker so its module fixtures are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not gpu" $(ARGS)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile -m "not slow and not gpu" $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)

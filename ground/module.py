@@ -461,6 +461,37 @@ def module_arguments(hparams: Mapping[str, Any], path: str | os.PathLike) -> dic
     return arguments
 
 
+def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor], arguments: dict) -> str:
+    """Why a checkpoint's weights do not load into the network its hyperparameters rebuild, in one line.
+
+    Counts the missing, unexpected and differently shaped weights (naming the first of each), and
+    names the network arguments the checkpoint does not record: a checkpoint written before an
+    argument existed is rebuilt with today's default, which may be another network (for example
+    `clip_evidence` or `pooling` in `regress`, added on 2026-11-30).
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = [
+        f"{len(keys)} {what} (first: {keys[0]})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped))
+        if keys
+    ]
+    name = arguments["name"]
+    taken = inspect.signature(type(module.net)).parameters
+    recorded = set(arguments.get("hparams") or {})
+    unrecorded = [p for p in taken if p not in recorded and p not in ("video_dim", "text_dim")]
+    hint = (
+        f"; the checkpoint does not record {name}'s arguments {unrecorded}, so their current defaults "
+        "were used: if it predates them, they may build another network than the one it trained "
+        "(retrain, or pass the values it was trained with)"
+        if unrecorded
+        else ""
+    )
+    return f"weights do not fit the {name} network its hyperparameters build: {', '.join(parts)}{hint}"
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
     """Rebuild a `GroundingModule` from a checkpoint, in eval mode on `device`.
 
@@ -489,10 +520,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         module = GroundingModule(**arguments)
     except (KeyError, TypeError, ValueError) as err:  # unknown network, or arguments it rejects
         raise CheckpointError(path, f"its hyperparameters do not build a network ({err})") from err
+    state = module.complete_state_dict(checkpoint["state_dict"])
     try:
-        module.load_state_dict(module.complete_state_dict(checkpoint["state_dict"]))
+        module.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(path, f"weights do not fit the network they were saved with ({err})") from err
+        raise CheckpointError(path, describe_weight_mismatch(module, state, arguments)) from err
     module.on_load_checkpoint(checkpoint)
     return module.to(device).eval()
 

@@ -158,6 +158,29 @@ def test_weights_that_do_not_fit_their_hyperparameters(checkpoints: dict[str, Pa
         load_checkpoint(path)
 
 
+def test_a_checkpoint_older_than_a_default_names_the_unrecorded_arguments(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """As a checkpoint from before a network argument existed: its hyperparameters do not record
+    it, today's default builds another network, and the message says which arguments to check."""
+
+    def older(checkpoint: dict) -> None:
+        hparams = checkpoint["hyper_parameters"]["hparams"]
+        hparams.pop("saliency_to_fusion", None)  # default True: adds saliency_embed's weights
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("net.saliency_embed.")
+        }
+
+    path = _rewritten(checkpoints["demo"], tmp_path / "older.ckpt", older)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "older.ckpt: weights do not fit the span network" in message
+    assert "2 missing (first: net.saliency_embed.weight)" in message
+    assert "'saliency_to_fusion'" in message and "retrain, or pass the values it was trained with" in message
+    assert "\n" not in message
+
+
 def test_not_a_grounding_checkpoint(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
