@@ -270,4 +270,7 @@ def test_resume_a_two_process_run_from_its_last_checkpoint(
     # 9 training queries: shares of 5, batches of 2 -> 3 steps per epoch on each process.
     assert (first["epoch"], first["global_step"]) == (0, 3)
     assert (resumed["epoch"], resumed["global_step"]) == (1, 6)
-    assert resumed["groundcache"] == first["groundcache"]
+    assert resumed["groundcache"]["encoders"] == first["groundcache"]["encoders"]
+    # The resumed run's schedule spans its own 2 epochs (6 steps), continuing at step 3.
+    assert first["groundcache"]["lr_schedule"]["total_steps"] == 3
+    assert resumed["groundcache"]["lr_schedule"]["total_steps"] == 6
