@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -442,12 +443,15 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: the exported attention needs opset {MIN_OPSET} or later")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     hp = module.hparams
     name, video_dim, text_dim = hp.name, int(hp.video_dim), int(hp.text_dim)
     refusal = getattr(module.net, "export_refusal", None)
     if refusal:  # a network that knows its trace cannot generalise says why, before any tracing
         raise ExportError(f"model {name!r} cannot be exported to {fmt}: {refusal}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written and verified under another name, then moved onto `out`: a failed export leaves
+    # whatever was at `out` (an earlier export, a mistyped checkpoint path) as it was.
+    partial = out.with_name(f".{out.name}.partial")
     reference = copy.deepcopy(module.net).eval()
     axes = describe_outputs(reference, name, video_dim, text_dim)
     net = copy.deepcopy(module.net).eval()
@@ -458,9 +462,9 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
         with _quiet_export():
             if fmt == "onnx":
                 _swap_attention_for_onnx(net)
-                run = _export_onnx(wrapper, example, out, axes, opset)
+                run = _export_onnx(wrapper, example, partial, axes, opset)
             else:
-                run = _export_torchscript(wrapper, example, out)
+                run = _export_torchscript(wrapper, example, partial)
             checks = []
             for seed, size in enumerate(CHECK_SIZES, start=1):
                 inputs = example_inputs(video_dim, text_dim, *size, seed=seed)
@@ -476,14 +480,15 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
                 worst = _compare(name, fmt, size, list(axes), expected, got)
                 checks.append({"batch": size[0], "clips": size[1], "tokens": size[2], "max_abs_diff": worst})
     except ExportError:
-        out.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     except Exception as err:  # the exporters raise many unrelated types; re-raised with the model named
-        out.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ExportError(
             f"model {name!r} cannot be exported to {fmt}: {type(err).__name__}: {first}"
         ) from err
+    os.replace(partial, out)
 
     sizes = {"Dv": video_dim, "Dt": text_dim, "2": 2}
     record = {
@@ -586,6 +591,10 @@ def export_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out or default_output(args.ckpt, args.format)
+    if args.format == "onnx" and args.opset < MIN_OPSET:
+        parser.error(f"--opset {args.opset}: the exported attention needs opset {MIN_OPSET} or later")
+    if out.resolve() == args.ckpt.resolve():
+        parser.error(f"--out {out} is the checkpoint itself; choose another file")
     module = load_module(args.ckpt)
     try:
         record = export_module(module, out, args.format, opset=args.opset)

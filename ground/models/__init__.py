@@ -70,7 +70,8 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
     Raises:
         KeyError: an unknown ``name``.
         ModelConfigError: an argument the constructor does not take, a missing one, or a value
-            it refuses (its ``ValueError`` or ``TypeError``); one line naming the model.
+            it refuses or cannot build a layer from (``ValueError``, ``TypeError``, a division by
+            zero, torch's ``RuntimeError`` for a negative size); one line naming the model.
     """
     cls = get_model_class(name)
     kwargs = {"video_dim": video_dim, "text_dim": text_dim, **hparams}
@@ -83,7 +84,9 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
         ) from err
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as err:  # a refused value, or one of the wrong type
+    # A refused value, one of the wrong type, or one torch cannot build a layer from (a zero head
+    # count divides by zero, a negative size makes a negative dimension).
+    except (TypeError, ValueError, ArithmeticError, RuntimeError, IndexError) as err:
         message = str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}"
         raise ModelConfigError(f"model {message} (hyperparameters {hparams})") from err
 

@@ -193,3 +193,30 @@ def test_every_model_exports_or_says_why_not(name: str, fmt: str, tmp_path: Path
     record = export_module(module, out, fmt)
     assert out.exists() and record["model"] == name
     assert [c["clips"] for c in record["verification"]["checks"]] == [c[1] for c in CHECK_SIZES]
+
+
+def test_a_failed_export_leaves_the_file_at_out_alone(ckpt: Path, tmp_path: Path) -> None:
+    """Verified under another name first: a failure must not delete an earlier export (or a
+    mistyped checkpoint path) at --out."""
+    module = load_module(ckpt)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    module.net = _FirstRowLength(module.hparams.video_dim)  # traced shapes do not generalise
+    module.hparams.name = "first_row_length"
+    with pytest.raises(ExportError):
+        export_module(module, out, "onnx")
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_out_equal_to_the_checkpoint_and_a_low_opset_are_one_line_refusals(
+    ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = ckpt.read_bytes()
+    for argv in (["--format", "torchscript", "--out", str(ckpt)], ["--format", "onnx", "--opset", "13"]):
+        with pytest.raises(SystemExit) as stopped:
+            export_main(["--ckpt", str(ckpt), *argv])
+        assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "is the checkpoint itself" in err and "opset 14 or later" in err and "Traceback" not in err
+    assert ckpt.read_bytes() == before

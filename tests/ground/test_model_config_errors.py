@@ -32,6 +32,13 @@ def test_an_unknown_hyperparameter_names_the_model_and_the_key(name: str) -> Non
         build_model(name, video_dim=8, text_dim=8, hiden_dim=16)
 
 
+@pytest.mark.parametrize("name", ["span", "regress", "localglobal", "capsule"])
+@pytest.mark.parametrize(("key", "value"), [("num_heads", 0), ("hidden_dim", -8)])
+def test_sizes_torch_cannot_build_are_refused_naming_the_model(name: str, key: str, value: int) -> None:
+    with pytest.raises(ModelConfigError, match=rf"^model {name}: "):
+        build_model(name, video_dim=8, text_dim=8, **{key: value})
+
+
 def test_a_refused_value_keeps_the_constructor_message() -> None:
     refused = r"^model regress: pooling must be 'mean' or 'attention', got 'bogus'"
     with pytest.raises(ModelConfigError, match=refused):
