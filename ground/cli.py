@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
 from ground.errors import GroundingInputError
+from ground.models import trainable_models
 from ground.module import GroundingModule, check_stopping_rule
 
 MONITOR = "val/MR-full-R1@0.5"
@@ -58,6 +59,12 @@ class GroundCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         dataset = Path(config.data.cache).parent.name or "cache"
         trainer = config.trainer
+        if self.subcommand == "fit" and config.model.name not in trainable_models():
+            raise GroundingInputError(
+                f"model {config.model.name} has nothing to fit (a baseline, or not a registered model: "
+                f"trainable ones are {', '.join(trainable_models())}); evaluate a baseline with "
+                "`python -m ground test --data ... --model ...`"
+            )
         if self.subcommand == "fit" and not trainer.fast_dev_run:
             check_stopping_rule(trainer.max_epochs, trainer.max_steps)
         if trainer.default_root_dir is None:

@@ -70,3 +70,18 @@ def test_fit_with_a_bad_hyperparameter_is_one_line_and_exit_2(
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
     assert re.search(expected, lines[0]), lines[0]
+
+
+def test_fitting_a_baseline_is_one_line_and_exit_2(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = REPO_ROOT / "ground" / "configs" / "model" / "prior.yaml"
+    code = ground_main([
+        "fit", "--data.cache", str(cache), "--model", str(config),
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        line for line in err.splitlines() if "model prior has nothing to fit" in line
+    ]
