@@ -107,13 +107,15 @@ def _print_info(info: dict) -> None:
     console = Console()
     console.print(
         f"[bold]{escape(info['path'])}[/] ({info['backend']}, schema {info['schema_version']}, "
-        f"dataset {escape(repr(info['dataset']))}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)"
+        f"dataset {escape(repr(info['dataset']))}, {info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk)",
+        soft_wrap=True,  # a path cut in two by the terminal width cannot be pasted
     )
     console.print(
         escape(
             f"videos {info['videos']}, queries {info['queries']}, splits {info['splits']}, "
             f"features per video {info['features_per_video']}"
-        )
+        ),
+        soft_wrap=True,
     )
     table = Table("modality")
     # Names and coverage never wrap (a name cut in two cannot be searched or pasted); the

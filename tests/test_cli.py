@@ -207,11 +207,12 @@ def test_cache_schema_inspect_truncated_cache_is_one_line(tmp_path: Path, capsys
 
 
 def test_cache_schema_inspect_prints_user_text_verbatim(tmp_path: Path, capsys) -> None:
-    cache = tmp_path / "[bold]cache.h5"
+    cache = tmp_path / ("long" * 20) / "[bold]cache.h5"  # longer than a terminal line: not cut
+    cache.parent.mkdir()
     write_fake_cache(cache, n_videos=2, dataset="qvh [red]v2[/red]")
     assert cache_cli.main(["inspect", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert "[bold]cache.h5" in out and "qvh [red]v2[/red]" in out
+    assert f"{cache} (hdf5" in out and "qvh [red]v2[/red]" in out
 
 
 # -- ground: test / predict / ground-video / report ------------------------------------------------
