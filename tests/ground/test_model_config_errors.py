@@ -85,3 +85,9 @@ def test_fitting_a_baseline_is_one_line_and_exit_2(
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         line for line in err.splitlines() if "model prior has nothing to fit" in line
     ]
+
+
+@pytest.mark.parametrize("key", ["saliency_probe", "saliency_context", "saliency_to_fusion"])
+def test_span_switches_must_be_booleans(key: str) -> None:
+    with pytest.raises(ModelConfigError, match=rf"^model span: {key} must be true or false, got 'maybe'"):
+        build_model("span", video_dim=8, text_dim=8, **{key: "maybe"})
