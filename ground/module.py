@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import BlockInputsSpec, EncoderSpec
@@ -400,6 +400,21 @@ class GroundingModule(L.LightningModule):
                     state_dict[key] = value
         return state_dict
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`; weights that do not fit raise `CheckpointError` in one line
+        (`describe_weight_mismatch`), so `test`/`predict --ckpt_path` answer like `load_checkpoint`.
+
+        Raises:
+            CheckpointError: naming the trainer's checkpoint path when there is one.
+        """
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as err:
+            trainer = self._trainer
+            path = (trainer.ckpt_path if trainer is not None else None) or "(weights given in memory)"
+            reason = describe_weight_mismatch(self, state_dict, dict(self.hparams))
+            raise CheckpointError(path, reason) from err
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the encoder record; refuse a checkpoint whose encoders differ from the cache's.
 
@@ -472,7 +487,7 @@ def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    reshaped = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
     parts = [
         f"{len(keys)} {what} (first: {keys[0]})"
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped))
@@ -522,7 +537,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(path, f"its hyperparameters do not build a network ({err})") from err
     state = module.complete_state_dict(checkpoint["state_dict"])
     try:
-        module.load_state_dict(state)
+        nn.Module.load_state_dict(module, state)
     except RuntimeError as err:
         raise CheckpointError(path, describe_weight_mismatch(module, state, arguments)) from err
     module.on_load_checkpoint(checkpoint)

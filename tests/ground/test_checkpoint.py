@@ -181,6 +181,28 @@ def test_a_checkpoint_older_than_a_default_names_the_unrecorded_arguments(
     assert "\n" not in message
 
 
+def test_test_with_weights_that_do_not_fit_is_one_line_and_exit_2(
+    checkpoints: dict[str, Path], cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`test --ckpt_path` (Lightning loads the weights) answers like `load_checkpoint`."""
+    path = _rewritten(
+        checkpoints["fit"],
+        tmp_path / "resized.ckpt",
+        lambda c: c["hyper_parameters"]["hparams"].update(hidden_dim=64),
+    )
+    code = ground_main([
+        "test", "--data.cache", str(cache),
+        "--model", str(REPO / "ground" / "configs" / "model" / "span.yaml"),
+        "--ckpt_path", str(path),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "resized.ckpt: weights do not fit the span network" in errors[0], err[-2000:]
+    assert "with another shape (first: net." in errors[0]
+
+
 def test_not_a_grounding_checkpoint(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
