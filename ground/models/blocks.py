@@ -87,6 +87,17 @@ BATCH_KEYS = ("video", "video_mask", "timestamps", "duration", "text", "text_mas
 """Keys of the batch dict (docs/architecture.md) that every network reads."""
 
 
+def check_switch(model: str, key: str, value: object) -> None:
+    """Refuse a constructor switch that is not a bool: a config's ``maybe`` or ``abc`` is truthy and
+    would otherwise read as true.
+
+    Raises:
+        ValueError: ``"<model>: <key> must be true or false, got <value>"``.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{model}: {key} must be true or false, got {value!r}")
+
+
 def check_batch(model: str, batch: dict, video_dim: int, text_dim: int) -> None:
     """Refuse a batch a network cannot use, naming the network and the offending queries.
 
@@ -387,8 +398,7 @@ class ClipEvidence(nn.Module):
         Raises:
             ValueError naming the model and the value.
         """
-        if not isinstance(enabled, bool):
-            raise ValueError(f"{model}: clip_evidence must be true or false, got {enabled!r}")
+        check_switch(model, "clip_evidence", enabled)
         is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
         if not is_number or weight < 0:
             raise ValueError(f"{model}: evidence_weight must be a number >= 0, got {weight!r}")

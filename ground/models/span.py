@@ -31,6 +31,7 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    check_switch,
     clip_window_bce,
     clips_in_windows,
     decode_spans,
@@ -200,11 +201,9 @@ class SpanNet(nn.Module):
             raise ValueError(f"span: max_span_fraction must be in (0, 1], got {max_span_fraction}")
         if max_span_sec is not None and max_span_sec <= 0:
             raise ValueError(f"span: max_span_sec must be positive or None, got {max_span_sec}")
-        switches = {"saliency_probe": saliency_probe, "saliency_context": saliency_context,
-                    "saliency_to_fusion": saliency_to_fusion}
-        for key, value in switches.items():  # a config's "maybe" or "abc" must not read as true
-            if not isinstance(value, bool):
-                raise ValueError(f"span: {key} must be true or false, got {value!r}")
+        check_switch("span", "saliency_probe", saliency_probe)
+        check_switch("span", "saliency_context", saliency_context)
+        check_switch("span", "saliency_to_fusion", saliency_to_fusion)
         if not 0.0 < presence_negative_fraction <= 1.0:
             raise ValueError(
                 f"span: presence_negative_fraction must be in (0, 1], got {presence_negative_fraction}"
