@@ -26,10 +26,12 @@ class CheckpointError(GroundcacheError, ValueError):
 
     Attributes:
         path: the checkpoint file.
+        reason: the message after the path.
     """
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
+        self.reason = reason
         super().__init__(f"checkpoint {self.path}: {reason}")
 
 

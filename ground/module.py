@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cache_schema.errors import GroundcacheError
 from cache_schema.spec import BlockInputsSpec, EncoderSpec
@@ -412,8 +412,7 @@ class GroundingModule(L.LightningModule):
         except RuntimeError as err:
             trainer = self._trainer
             path = (trainer.ckpt_path if trainer is not None else None) or "(weights given in memory)"
-            reason = describe_weight_mismatch(self, state_dict, dict(self.hparams))
-            raise CheckpointError(path, reason) from err
+            raise CheckpointError(path, describe_weight_mismatch(self, state_dict)) from err
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the encoder record; refuse a checkpoint whose encoders differ from the cache's.
@@ -476,7 +475,7 @@ def module_arguments(hparams: Mapping[str, Any], path: str | os.PathLike) -> dic
     return arguments
 
 
-def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor], arguments: dict) -> str:
+def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor]) -> str:
     """Why a checkpoint's weights do not load into the network its hyperparameters rebuild, in one line.
 
     Counts the missing, unexpected and differently shaped weights (naming the first of each), and
@@ -493,9 +492,9 @@ def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor
         for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped))
         if keys
     ]
-    name = arguments["name"]
+    name = module.hparams.name
     taken = inspect.signature(type(module.net)).parameters
-    recorded = set(arguments.get("hparams") or {})
+    recorded = set(module.hparams.get("hparams") or {})
     unrecorded = [p for p in taken if p not in recorded and p not in ("video_dim", "text_dim")]
     hint = (
         f"; the checkpoint does not record {name}'s arguments {unrecorded}, so their current defaults "
@@ -535,11 +534,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
         module = GroundingModule(**arguments)
     except (KeyError, TypeError, ValueError) as err:  # unknown network, or arguments it rejects
         raise CheckpointError(path, f"its hyperparameters do not build a network ({err})") from err
-    state = module.complete_state_dict(checkpoint["state_dict"])
     try:
-        nn.Module.load_state_dict(module, state)
-    except RuntimeError as err:
-        raise CheckpointError(path, describe_weight_mismatch(module, state, arguments)) from err
+        module.load_state_dict(module.complete_state_dict(checkpoint["state_dict"]))
+    except CheckpointError as err:  # no trainer, so it names no file: this one
+        raise CheckpointError(path, err.reason) from err
     module.on_load_checkpoint(checkpoint)
     return module.to(device).eval()
 
