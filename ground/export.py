@@ -423,6 +423,12 @@ def _input_names_in_file(fmt: Format, out: Path) -> list[str]:
     return list(INPUT_NAMES)
 
 
+def check_opset(fmt: Format, opset: int) -> None:
+    """Raises ValueError for an ONNX opset below `MIN_OPSET` (the exported attention needs it)."""
+    if fmt == "onnx" and opset < MIN_OPSET:
+        raise ValueError(f"--opset {opset}: the exported attention needs opset {MIN_OPSET} or later")
+
+
 def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: int = DEFAULT_OPSET) -> dict:
     """Export `module`'s network to `out`, check it against PyTorch, write the sidecar `<out>.json`.
 
@@ -440,8 +446,7 @@ def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: 
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset}: the exported attention needs opset {MIN_OPSET} or later")
+    check_opset(fmt, opset)
     out = Path(out)
     hp = module.hparams
     name, video_dim, text_dim = hp.name, int(hp.video_dim), int(hp.text_dim)
@@ -591,8 +596,10 @@ def export_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out or default_output(args.ckpt, args.format)
-    if args.format == "onnx" and args.opset < MIN_OPSET:
-        parser.error(f"--opset {args.opset}: the exported attention needs opset {MIN_OPSET} or later")
+    try:
+        check_opset(args.format, args.opset)
+    except ValueError as err:  # before the checkpoint is loaded
+        parser.error(str(err))
     if out.resolve() == args.ckpt.resolve():
         parser.error(f"--out {out} is the checkpoint itself; choose another file")
     module = load_module(args.ckpt)
