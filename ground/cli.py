@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
 from ground.errors import GroundingInputError
-from ground.models import trainable_models
+from ground.models import get_model_class, trainable_models
 from ground.module import GroundingModule, check_stopping_rule
 
 MONITOR = "val/MR-full-R1@0.5"
@@ -59,10 +59,11 @@ class GroundCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         dataset = Path(config.data.cache).parent.name or "cache"
         trainer = config.trainer
+        get_model_class(config.model.name)  # an unknown name: one line listing the registered ones
         if self.subcommand == "fit" and config.model.name not in trainable_models():
             raise GroundingInputError(
-                f"model {config.model.name} has nothing to fit (a baseline, or not a registered model: "
-                f"trainable ones are {', '.join(trainable_models())}); evaluate a baseline with "
+                f"model {config.model.name} is a baseline and has nothing to fit (trainable ones are "
+                f"{', '.join(trainable_models())}); evaluate a baseline with "
                 "`python -m ground test --data ... --model ...`"
             )
         if self.subcommand == "fit" and not trainer.fast_dev_run:

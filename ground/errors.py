@@ -39,6 +39,10 @@ class UnknownEncoderError(GroundcacheError, KeyError):
     """An encoder chosen by name is not in the cache; the message names the cache and lists its encoders."""
 
 
+class UnknownModelError(GroundcacheError, KeyError):
+    """A model name that no network is registered under; the message lists the registered ones."""
+
+
 class ModelConfigError(GroundcacheError, ValueError):
     """A network's constructor refuses its hyperparameters (an unknown key, a value out of range);
     the message names the model, the key or the value, and where they come from."""

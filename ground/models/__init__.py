@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ground.errors import ModelConfigError
+from ground.errors import ModelConfigError, UnknownModelError
 
 ModelT = TypeVar("ModelT", bound=type[nn.Module])
 
@@ -50,10 +50,11 @@ def get_model_class(name: str) -> type[nn.Module]:
     """The class registered as ``name``.
 
     Raises:
-        KeyError: for an unknown name; the message lists the available ones.
+        UnknownModelError: (a ``KeyError``) for an unknown name; the message lists the available
+            ones.
     """
     if name not in _MODELS:
-        raise KeyError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     return _MODELS[name]
 
 
@@ -68,7 +69,7 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
             ``--model.hparams.KEY`` on the command line).
 
     Raises:
-        KeyError: an unknown ``name``.
+        UnknownModelError: (a ``KeyError``) an unknown ``name``.
         ModelConfigError: an argument the constructor does not take, a missing one, or a value
             it refuses or cannot build a layer from (``ValueError``, ``TypeError``, a division by
             zero, torch's ``RuntimeError`` for a negative size); one line naming the model.

@@ -83,7 +83,7 @@ def test_fitting_a_baseline_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        line for line in err.splitlines() if "model prior has nothing to fit" in line
+        line for line in err.splitlines() if "model prior is a baseline and has nothing to fit" in line
     ]
 
 
@@ -91,3 +91,17 @@ def test_fitting_a_baseline_is_one_line_and_exit_2(
 def test_span_switches_must_be_booleans(key: str) -> None:
     with pytest.raises(ModelConfigError, match=rf"^model span: {key} must be true or false, got 'maybe'"):
         build_model("span", video_dim=8, text_dim=8, **{key: "maybe"})
+
+
+@pytest.mark.parametrize("command", ["fit", "test", "validate"])
+def test_an_unknown_model_name_is_one_line_listing_the_models(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    code = ground_main([
+        command, "--data.cache", str(cache), "--model.name", "spam",
+        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "unknown model 'spam'; available models: capsule, " in lines[0], err
