@@ -32,7 +32,7 @@ from cache_schema.cli import run_commands
 from ground.data import GroundingDataModule
 from ground.errors import GroundingInputError
 from ground.models import get_model_class, trainable_models
-from ground.module import GroundingModule, check_stopping_rule
+from ground.module import GroundingModule, check_stopping_rule, read_checkpoint
 
 MONITOR = "val/MR-full-R1@0.5"
 PROG = "python -m ground"
@@ -44,6 +44,10 @@ class GroundCLI(LightningCLI):
         # LightningCLI's warning about receiving both (emitted whenever sys.argv has arguments)
         # would fire on every command-line call for nothing.
         self.config = parser.parse_args(args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path:  # Lightning reads it next (its hyperparameters); a bad file is one line here
+            read_checkpoint(ckpt_path)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")

@@ -15,6 +15,7 @@ import inspect
 import math
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -423,7 +424,7 @@ class GroundingModule(L.LightningModule):
         Raises:
             EncoderMismatchError: the trainer's data module provides features of other encoders.
         """
-        trained = checkpoint.get("groundcache", {}).get("encoders")
+        trained = (checkpoint.get("groundcache") or {}).get("encoders")
         if "state_dict" in checkpoint:  # Lightning loads the weights after this hook
             self.complete_state_dict(checkpoint["state_dict"])
         trainer = self._trainer
@@ -506,6 +507,43 @@ def describe_weight_mismatch(module: GroundingModule, state: Mapping[str, Tensor
     return f"weights do not fit the {name} network its hyperparameters build: {', '.join(parts)}{hint}"
 
 
+def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint file's contents, read as plain data (`torch.load(weights_only=True)`), with a
+    weight mapping under ``state_dict``.
+
+    `load_checkpoint` reads through it, and `python -m ground validate/test/predict/fit --ckpt_path`
+    calls it before Lightning does, so a file that is not a checkpoint stops with one line.
+
+    Raises:
+        FileNotFoundError: naming the path when there is no such file.
+        CheckpointError: the file cannot be read (truncated, not a torch file), holds Python objects
+            other than plain data (it would have to run code to load), or is not a dict with a
+            ``state_dict`` mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        # torch's text spans many lines and advises loading untrusted code; one line instead.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise CheckpointError(
+                path, f"holds Python objects ({found.group(1)}), not plain data; ground reads "
+                "checkpoints with torch.load(weights_only=True) and runs no code from them"
+            ) from err
+        lines = [line for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1].strip() if lines else type(err).__name__)
+        raise CheckpointError(path, f"not a readable checkpoint ({reason})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(path, "no state_dict; was it saved by a Lightning Trainer?")
+    if not isinstance(checkpoint["state_dict"], Mapping):
+        kind = type(checkpoint["state_dict"]).__name__
+        raise CheckpointError(path, f"its state_dict is a {kind}, not a mapping of weight names to tensors")
+    return checkpoint
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
     """Rebuild a `GroundingModule` from a checkpoint, in eval mode on `device`.
 
@@ -521,14 +559,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             GroundingModule's, or its weights do not fit the network they describe.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise CheckpointError(path, f"not a readable checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(path, "no state_dict; was it saved by a Lightning Trainer?")
+    checkpoint = read_checkpoint(path, device=device)
     arguments = module_arguments(checkpoint.get("hyper_parameters") or {}, path)
     try:
         module = GroundingModule(**arguments)

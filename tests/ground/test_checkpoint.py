@@ -213,3 +213,63 @@ def test_not_a_grounding_checkpoint(checkpoints: dict[str, Path], tmp_path: Path
         load_checkpoint(bare)
     with pytest.raises(FileNotFoundError, match=r"missing\.ckpt does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def _truncated(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes()[:5000])
+    return target
+
+
+def _pickled_object(source: Path, target: Path) -> Path:
+    torch.save({"state_dict": {}, "callback": Path("x")}, target)  # not plain data: weights_only refuses it
+    return target
+
+
+MALFORMED: dict[str, Callable[[Path, Path], Path]] = {
+    "state_dict None": lambda s, t: _rewritten(s, t, lambda c: c.update(state_dict=None)),
+    "state_dict a list": lambda s, t: _rewritten(s, t, lambda c: c.update(state_dict=[1, 2])),
+    "a weight not a tensor": lambda s, t: _rewritten(
+        s, t, lambda c: c["state_dict"].update({next(iter(c["state_dict"])): "x"})
+    ),
+    "hyper_parameters a list": lambda s, t: _rewritten(s, t, lambda c: c.update(hyper_parameters=[1])),
+    "hparams not a dict": lambda s, t: _rewritten(s, t, lambda c: c["hyper_parameters"].update(hparams=[1])),
+    "unknown model name": lambda s, t: _rewritten(s, t, lambda c: c["hyper_parameters"].update(name="spam")),
+    "a tensor, not a dict": lambda s, t: torch.save(torch.zeros(3), t) or t,
+    "truncated": _truncated,
+    "pickled objects": _pickled_object,
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_checkpoint_is_one_checkpoint_error(
+    case: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    path = MALFORMED[case](checkpoints["zoo"], tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*bad\.ckpt: ") as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert "\n" not in message and "\x1b" not in message and "weights_only` set to" not in message, message
+
+
+def test_a_checkpoint_without_an_encoder_record_loads_with_none(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    # Saved by a module that never saw a cache: dims are then checked instead of encoders.
+    path = _rewritten(checkpoints["zoo"], tmp_path / "no_record.ckpt", lambda c: c.update(groundcache=None))
+    assert load_checkpoint(path).encoder_record is None
+
+
+@pytest.mark.parametrize("case", ["state_dict None", "unknown model name", "truncated", "pickled objects"])
+def test_a_malformed_checkpoint_under_test_is_one_line_and_exit_2(
+    case: str, checkpoints: dict[str, Path], cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = MALFORMED[case](checkpoints["zoo"], tmp_path / "bad.ckpt")
+    code = ground_main([
+        "test", "--data.cache", str(cache),
+        "--model", str(REPO / "ground" / "configs" / "model" / "span.yaml"),
+        *TINY_SPAN, "--ckpt_path", str(path), "--trainer.enable_progress_bar", "false",
+        "--run_dir", str(tmp_path),
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
