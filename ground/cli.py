@@ -38,6 +38,12 @@ MONITOR = "val/MR-full-R1@0.5"
 PROG = "python -m ground"
 
 
+DECODING_ARGUMENTS = ("top_k", "eval_max_clips")
+"""`GroundingModule` arguments that set how a network decodes, not what it is. LightningCLI
+replaces the model's arguments by the checkpoint's under ``--ckpt_path``; these keep the value
+given on the command line (``--model.top_k 5``)."""
+
+
 class GroundCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         # `run_lightning` passes every argument through `args`, so sys.argv is never read and
@@ -48,6 +54,17 @@ class GroundCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path:  # Lightning reads it next (its hyperparameters); a bad file is one line here
             read_checkpoint(ckpt_path)
+        given = {arg.split("=", 1)[0] for arg in args if arg.startswith("--model.")}
+        self._decoding = {
+            key: self.config[subcommand].model[key]
+            for key in DECODING_ARGUMENTS
+            if ckpt_path and f"--model.{key}" in given
+        }
+
+    def _parse_ckpt_path(self) -> None:
+        super()._parse_ckpt_path()  # the checkpoint's hyperparameters replace the model's arguments
+        for key, value in self._decoding.items():
+            self.config[f"{self.config.subcommand}.model.{key}"] = value
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.video_dim", "model.video_dim", apply_on="instantiate")

@@ -8,6 +8,7 @@ tests feed the loader each writer's output in-process, on a fake cache.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -273,3 +274,22 @@ def test_a_malformed_checkpoint_under_test_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
+
+
+@pytest.mark.parametrize("top_k", [None, "2"])
+def test_predict_with_a_checkpoint_keeps_the_command_lines_top_k(
+    top_k: str | None, checkpoints: dict[str, Path], cache: Path, tmp_path: Path
+) -> None:
+    """The checkpoint's hyperparameters replace the model's, except how it decodes (`DECODING_ARGUMENTS`)."""
+    out = tmp_path / "predictions.jsonl"
+    code = ground_main([
+        "predict", "--data.cache", str(cache),
+        "--model", str(REPO / "ground" / "configs" / "model" / "span.yaml"),
+        *(["--model.top_k", top_k] if top_k else []),
+        "--ckpt_path", str(checkpoints["fit"]), "--out", str(out),
+        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    ])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    most = max(len(row["pred_relevant_windows"]) for row in rows)
+    assert most == (int(top_k) if top_k else 10)  # the checkpoint's (the module's default), or the flag's
