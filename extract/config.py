@@ -78,12 +78,14 @@ class SyntheticData:
     """Generate the embedded synthetic dataset when its annotations are missing.
 
     Args:
-        n_videos: Number of videos.
+        n_videos: Number of videos, split 55/15/30 into train/val/test.
         seed: Random seed (the same seed gives the same files).
+        extra_test_videos: Further videos in the test split only (`generate_synthetic`).
     """
 
     n_videos: int = 100
     seed: int = 0
+    extra_test_videos: int = 0
 
 
 def _default_policy() -> ValidationPolicy:

@@ -1102,7 +1102,10 @@ def ensure_dataset(config: ExtractConfig, ctx: DistContext) -> None:
             from extract.synthetic import generate_synthetic
 
             generate_synthetic(
-                config.video_root, n_videos=config.synthetic.n_videos, seed=config.synthetic.seed
+                config.video_root,
+                n_videos=config.synthetic.n_videos,
+                seed=config.synthetic.seed,
+                extra_test_videos=config.synthetic.extra_test_videos,
             )
     if ctx.has_process_group:
         torch_dist.barrier()  # every rank, always: the others wait for rank 0's files

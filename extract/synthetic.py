@@ -225,24 +225,33 @@ def _splits(n_videos: int, seed: int) -> list[str]:
     return split
 
 
-def generate_synthetic(out_dir: str | Path, *, n_videos: int = 100, seed: int = 0) -> Path:
+def generate_synthetic(
+    out_dir: str | Path, *, n_videos: int = 100, seed: int = 0, extra_test_videos: int = 0
+) -> Path:
     """Write the synthetic videos and their annotations.
 
     Args:
         out_dir: Output folder; videos go to ``out_dir/videos/`` and queries to
             ``out_dir/annotations.jsonl`` (files of the same names are overwritten).
-        n_videos: Number of videos (>= 3, so that train, val and test are all non-empty).
+        n_videos: Number of videos split 55/15/30 into train/val/test (>= 3, so that each split
+            is non-empty).
         seed: Random seed; the same seed gives the same annotations and frames.
+        extra_test_videos: Videos ``n_videos .. n_videos + extra_test_videos - 1`` added to the
+            test split only. The first ``n_videos`` (their files and splits) are those of the set
+            without them, so a model trained on the smaller set's train split is scored on a test
+            split that many times larger (`make zoo` does this; docs/models.md, "Model zoo").
 
     Returns:
         Path of ``annotations.jsonl``.
     """
     if n_videos < 3:
         raise ValueError(f"n_videos must be >= 3 so that train/val/test are non-empty, got {n_videos}")
+    if extra_test_videos < 0:
+        raise ValueError(f"extra_test_videos must be >= 0, got {extra_test_videos}")
     out_dir = Path(out_dir)
-    splits = _splits(n_videos, seed)
+    splits = _splits(n_videos, seed) + ["test"] * extra_test_videos
     lines: list[str] = []
-    for index in range(n_videos):
+    for index in range(n_videos + extra_test_videos):
         plan = plan_video(seed, index)
         rel = Path("videos") / f"{plan.vid}.mp4"
         write_video(out_dir / rel, render_video(plan, seed), plan.fps)
@@ -272,8 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n-videos", type=int, default=100, help="number of videos (>= 3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--extra-test-videos", type=int, default=0, help="videos added after the N to the test split only"
+    )
     args = parser.parse_args(argv)
-    annotations = generate_synthetic(args.out, n_videos=args.n_videos, seed=args.seed)
+    if args.extra_test_videos < 0:
+        parser.error(f"--extra-test-videos must be >= 0, got {args.extra_test_videos}")
+    annotations = generate_synthetic(
+        args.out, n_videos=args.n_videos, seed=args.seed, extra_test_videos=args.extra_test_videos
+    )
     n_queries = sum(1 for _ in annotations.open(encoding="utf-8"))
-    print(f"wrote {args.n_videos} videos and {n_queries} queries to {annotations}")
+    print(f"wrote {args.n_videos + args.extra_test_videos} videos and {n_queries} queries to {annotations}")
     return 0

@@ -134,3 +134,15 @@ def test_main_writes_the_dataset(tmp_path, capsys):
 def test_too_few_videos_is_refused(tmp_path):
     with pytest.raises(ValueError, match="n_videos"):
         generate_synthetic(tmp_path, n_videos=2)
+
+
+def test_extra_test_videos_keep_the_smaller_sets_videos_and_splits(tmp_path, twice):
+    base = read_rows(twice[0])
+    grown = read_rows(generate_synthetic(tmp_path, n_videos=N_VIDEOS, seed=0, extra_test_videos=2))
+    # The first N_VIDEOS videos: the same queries, windows and splits as the set without extras.
+    assert grown[: len(base)] == base
+    extra = grown[len(base):]
+    assert {row["vid"] for row in extra} == {f"syn{i:04d}" for i in range(N_VIDEOS, N_VIDEOS + 2)}
+    assert extra and {row["split"] for row in extra} == {"test"}
+    with pytest.raises(ValueError, match="extra_test_videos must be >= 0"):
+        generate_synthetic(tmp_path, n_videos=N_VIDEOS, extra_test_videos=-1)
