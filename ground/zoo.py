@@ -5,8 +5,12 @@ metrics; baselines beside the models) is written between markers into docs/model
 README.md, so it is never typed by hand. The speed column is `python -m ground.bench`'s
 measurement (batch 32, T = 75, 2,816-d video, 32 x 512 text, float32, this process's threads),
 batch over the process's CPU seconds per step (one thread by default: what a dedicated core gives)
-on a 256-query cache of that shape written once under data/bench/. The synthetic
-cache comes from `make demo` (or `python -m extract --config extract/configs/synthetic.yaml`).
+on a 256-query cache of that shape written once under data/bench/.
+
+The synthetic cache is the zoo's own (`ensure_zoo_cache`, extract/configs/synthetic_zoo.yaml): the
+demo's 100 videos with the demo's train/val/test splits, plus 300 videos in the test split only.
+Models train on the demo's 214 training queries and are scored on 1,321 test queries, so the
+note under the table (`margin_note`) can tell a margin from sampling noise.
 
 Highlight detection (HD) is reported beside moment retrieval (MR). The synthetic set has no
 annotator saliency scores, so HD is scored against window membership: a clip whose centre lies
@@ -18,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +38,7 @@ import yaml
 from ground.bench import BASE_BATCH, Shape, ensure_cache, measure_model
 from ground.data import GroundingDataModule, SplitTensors
 from ground.metrics import highlight_average_precision
-from ground.models import list_models, trainable_models
+from ground.models import build_model, list_models, trainable_models
 from ground.models.blocks import clips_in_windows
 from ground.module import GroundingModule
 
@@ -46,6 +53,27 @@ BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 
 def _config(name: str) -> dict:
     return yaml.safe_load((REPO / "ground" / "configs" / "model" / f"{name}.yaml").read_text())
+
+
+ZOO_EXTRACT = REPO / "extract" / "configs" / "synthetic_zoo.yaml"
+ZOO_CACHE = REPO / "data" / "synthetic_zoo" / "cache.h5"
+"""The zoo's set: the demo's 100 videos and splits, plus 300 test-only videos (1,321 test queries)."""
+
+
+def ensure_zoo_cache() -> Path:
+    """`ZOO_CACHE`, extracted by the public command (`python -m extract --config ZOO_EXTRACT`, which
+    generates the videos first) when it does not exist. Runs as a subprocess: `ground` never imports
+    `extract`.
+
+    Raises:
+        SystemExit: the extraction failed (its own output says why).
+    """
+    if not ZOO_CACHE.exists():
+        cmd = [sys.executable, "-m", "extract", "--config", str(ZOO_EXTRACT)]
+        print(" ".join(cmd), flush=True)
+        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+            raise SystemExit(f"error: extracting {ZOO_CACHE} failed; see the lines above")
+    return ZOO_CACHE
 
 
 SPEED_SHAPE = Shape(queries=256)
@@ -188,6 +216,40 @@ def table(rows: list[dict], cache: Path, machine: str) -> str:
     return "\n".join(lines)
 
 
+def margin_note(rows: list[dict], test_queries: int) -> str:
+    """One paragraph under the table: whether every trained model beats every baseline.
+
+    On ``MR-full-R1@0.5``: the smallest margin of a trained model (its mean over seeds) over the
+    best baseline, beside the largest binomial standard error of one R1@0.5 on `test_queries`
+    queries (50 / sqrt(n) points, at 50 %), so a reader can tell a margin from sampling noise.
+    Then every other MR column where a trained model does not beat the best baseline, or that
+    there is none. Empty without both a trained model and a baseline.
+    """
+    models = [r for r in rows if r["trainable"]]
+    baselines = [r for r in rows if not r["trainable"]]
+    if not models or not baselines:
+        return ""
+    key = MR_COLUMNS[0]
+    best = max(baselines, key=lambda r: r[key])
+    worst = min(models, key=lambda r: r[key])
+    margin = worst[key] - best[key]
+    verdict = ("Every" if margin > 0 else "Not every") + " trained model beats every baseline"
+    lines = [
+        f"{verdict} on {key}: the smallest margin is {margin:+.1f} points ({worst['model']} "
+        f"{worst[key]:.1f} against {best['model']} {best[key]:.1f}); on {test_queries} test queries the "
+        f"standard error of one R1@0.5 is at most ±{50 / math.sqrt(max(test_queries, 1)):.1f} points."
+    ]
+    short = []
+    for column in MR_COLUMNS[1:]:
+        top = max(baselines, key=lambda r: r.get(column, float("-inf")))
+        for r in models:
+            if r.get(column, float("-inf")) <= top.get(column, float("-inf")):
+                short.append(f"{r['model']} {column} {r[column]:.1f} ≤ {top['model']} {top[column]:.1f}")
+    above = "every trained model is above every baseline too."
+    lines.append("On the other MR columns: " + ("; ".join(short) + "." if short else above))
+    return " ".join(lines)
+
+
 def _cell(row: dict, column: str) -> str:
     if column in HD_COLUMNS and column not in row:
         return NO_SALIENCY
@@ -210,7 +272,10 @@ def write_between_markers(path: Path, text: str, begin: str = BEGIN, end: str = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ground zoo", description=__doc__)
-    parser.add_argument("--cache", type=Path, default=REPO / "data" / "synthetic" / "cache.h5")
+    parser.add_argument(
+        "--cache", type=Path, default=None,
+        help=f"default: {ZOO_CACHE.relative_to(REPO)}, extracted by {ZOO_EXTRACT.name} when missing",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--models", nargs="*", default=None, help="default: every registered model")
@@ -218,19 +283,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--no-speed", action="store_true", help="leave the samples/s column empty")
     parser.add_argument("--seeds", type=int, default=1, help="train and test every model from seeds 0..N-1")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="train the models in N processes at once (one torch thread each), then write one table",
+    )
+    parser.add_argument("--rows-out", type=Path, default=None, help="also write the rows (json) here")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.cache is None:
+        args.cache = ensure_zoo_cache()
     if not args.cache.exists():
-        raise SystemExit(f"{args.cache}: no cache; run `make demo` (or make extract DATASET=synthetic) first")
+        raise SystemExit(f"error: {args.cache}: no such cache")
 
     data = GroundingDataModule(str(args.cache), batch_size=16)
+    names = args.models or list_models()
+    unknown = sorted(set(names) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    if args.jobs > 1:
+        rows = _rows_from_jobs(args, names)
+    else:
+        rows = _rows(args, data, names)
+    rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
+    if args.rows_out is not None:
+        args.rows_out.parent.mkdir(parents=True, exist_ok=True)
+        args.rows_out.write_text(json.dumps(rows, indent=2))
+    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    text = table(rows, args.cache, machine)
+    note = margin_note(rows, len(data.load("test")))
+    text += f"\n\n{note}" if note else ""
+    print(text)
+    if not args.no_write:
+        for path in (REPO / "docs" / "models.md", REPO / "README.md"):
+            write_between_markers(path, text)
+        (args.run_dir / "zoo.json").parent.mkdir(parents=True, exist_ok=True)
+        (args.run_dir / "zoo.json").write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _rows(args: argparse.Namespace, data: GroundingDataModule, names: list[str]) -> list[dict]:
+    """Train and test `names` in this process, one after another: one row each (`over_seeds`)."""
     speed = None
     if not args.no_speed:
         speed_cache = ensure_cache(REPO / "data" / "bench", SPEED_SHAPE)
         speed_data = GroundingDataModule(str(speed_cache), batch_size=32)
         speed = (speed_data, speed_data.load("train"))
-    names = args.models or list_models()
     rows = []
     for name in names:
         if name == "zeroshot" and data.video_dim != data.text_dim:
@@ -242,13 +342,56 @@ def main(argv: list[str] | None = None) -> int:
             per_seed.append(run_model(name, data, args.epochs, args.run_dir, args.lr, timed, seed=seed))
             print(json.dumps(per_seed[-1]), flush=True)
         rows.append(over_seeds(per_seed))
-    rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    text = table(rows, args.cache, machine)
-    print(text)
-    if not args.no_write:
-        for path in (REPO / "docs" / "models.md", REPO / "README.md"):
-            write_between_markers(path, text)
-        (args.run_dir / "zoo.json").parent.mkdir(parents=True, exist_ok=True)
-        (args.run_dir / "zoo.json").write_text(json.dumps(rows, indent=2))
-    return 0
+    return rows
+
+
+def split_for_jobs(names: list[str], jobs: int) -> list[list[str]]:
+    """`names` in at most `jobs` groups of about equal training cost: the largest first onto the
+    least loaded group, each model's cost taken as its parameter count at the QVHighlights shape
+    (a baseline costs nothing). Empty groups are left out."""
+    shape = (SPEED_SHAPE.video_dim, SPEED_SHAPE.text_dim)
+    cost = {
+        name: sum(p.numel() for p in build_model(name, *shape, **_config(name)["hparams"]).parameters())
+        for name in names
+    }
+    groups: list[list[str]] = [[] for _ in range(jobs)]
+    load = [0] * jobs
+    for name in sorted(names, key=lambda n: -cost[n]):
+        least = load.index(min(load))
+        groups[least].append(name)
+        load[least] += cost[name]
+    return [g for g in groups if g]
+
+
+def _rows_from_jobs(args: argparse.Namespace, names: list[str]) -> list[dict]:
+    """Run `python -m ground zoo` on each group of `split_for_jobs` at once (each writes its rows
+    with ``--rows-out`` and nothing else), wait for all, and return their rows.
+
+    Raises:
+        SystemExit: a job failed (its output says why); the others still ran to the end.
+    """
+    if not args.no_speed:  # written once here, not by two jobs at the same time
+        ensure_cache(REPO / "data" / "bench", SPEED_SHAPE)
+    out_dir = args.run_dir / "jobs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, group in enumerate(split_for_jobs(names, args.jobs)):
+        rows_out = out_dir / f"rows{i}.json"
+        rows_out.unlink(missing_ok=True)
+        cmd = [
+            sys.executable, "-m", "ground", "zoo", "--cache", str(args.cache), "--epochs", str(args.epochs),
+            "--lr", str(args.lr), "--seeds", str(args.seeds), "--run-dir", str(args.run_dir),
+            "--no-write", "--rows-out", str(rows_out), "--models", *group,
+            *(["--no-speed"] if args.no_speed else []),
+        ]
+        print(f"job {i}: {' '.join(group)}", flush=True)
+        procs.append((group, rows_out, subprocess.Popen(cmd, cwd=REPO)))
+    rows, failed = [], []
+    for group, rows_out, proc in procs:
+        if proc.wait() != 0 or not rows_out.exists():
+            failed.append(" ".join(group))
+        else:
+            rows.extend(json.loads(rows_out.read_text()))
+    if failed:
+        raise SystemExit(f"error: zoo jobs failed for models: {'; '.join(failed)}; see their output above")
+    return rows

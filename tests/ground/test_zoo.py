@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,47 @@ def test_seeds_are_reported_as_mean_and_spread() -> None:
     text = zoo.table([merged], Path("cache.h5"), "machine")
     assert "| 55.0 ± 5.0 |" in text and "| 20.0 ± 0.0 |" in text and "over 2 seeds" in text
     assert "±" not in zoo.table([rows[0]], Path("cache.h5"), "machine")
+
+
+def test_the_margin_note_names_the_smallest_margin_and_every_shortfall() -> None:
+    def row(model: str, trainable: bool, r05: float, r07: float) -> dict:
+        mr = dict.fromkeys(zoo.MR_COLUMNS, 30.0) | {"MR-full-R1@0.5": r05, "MR-full-R1@0.7": r07}
+        return {"model": model, "trainable": trainable} | mr
+
+    rows = [row("span", True, 60.0, 40.0), row("regress", True, 33.0, 16.0),
+            row("zeroshot", False, 23.0, 19.0), row("random", False, 10.0, 2.0)]  # fmt: skip
+    note = zoo.margin_note(rows, test_queries=1321)
+    assert note.startswith("Every trained model beats every baseline on MR-full-R1@0.5: the smallest "
+                           "margin is +10.0 points (regress 33.0 against zeroshot 23.0)")
+    assert "on 1321 test queries the standard error of one R1@0.5 is at most ±1.4 points" in note
+    # Equal to the best baseline is not above it: every model ties zeroshot's 30.0 on the others.
+    assert "regress MR-full-R1@0.7 16.0 ≤ zeroshot 19.0" in note and "span MR-full-mIoU 30.0 ≤" in note
+    rows[1]["MR-full-R1@0.5"] = 20.0
+    assert zoo.margin_note(rows, 1321).startswith("Not every trained model beats every baseline")
+    assert zoo.margin_note(rows[:2], 1321) == ""  # no baseline: nothing to say
+
+
+def test_jobs_get_about_equal_costs_and_every_model_once() -> None:
+    names = ["ianet", "capsule", "localglobal", "regress", "span", "probe", "prior", "random"]
+    groups = zoo.split_for_jobs(names, 2)
+    assert sorted(sum(groups, [])) == sorted(names)
+    assert groups[0][0] == "ianet" and "ianet" not in groups[1]  # the largest alone, the rest beside it
+    assert zoo.split_for_jobs(["probe"], 3) == [["probe"]]  # no empty jobs
+
+
+def test_zoo_in_two_jobs_writes_one_table_of_every_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cache = tmp_path / "cache.h5"
+    write_fake_cache(cache, n_videos=12, queries_per_video=1, duration_range_sec=(20.0, 30.0), seed=5)
+    rows_out = tmp_path / "rows.json"
+    code = zoo.main([
+        "--cache", str(cache), "--models", "probe", "span", "random", "prior", "--epochs", "1",
+        "--jobs", "2", "--no-speed", "--no-write", "--run-dir", str(tmp_path / "runs"),
+        "--rows-out", str(rows_out),
+    ])
+    assert code == 0
+    rows = json.loads(rows_out.read_text())
+    assert sorted(r["model"] for r in rows) == ["prior", "probe", "random", "span"]
+    out = capsys.readouterr().out
+    assert "| span |" in out and "| probe |" in out and "| prior (baseline) |" in out
