@@ -38,7 +38,7 @@ import yaml
 from ground.bench import BASE_BATCH, Shape, ensure_cache, measure_model
 from ground.data import GroundingDataModule, SplitTensors
 from ground.metrics import highlight_average_precision
-from ground.models import build_model, list_models, trainable_models
+from ground.models import list_models, trainable_models
 from ground.models.blocks import clips_in_windows
 from ground.module import GroundingModule
 
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; available: {', '.join(list_models())}")
     if args.jobs > 1:
-        rows = _rows_from_jobs(args, names)
+        rows = _rows_from_jobs(args, data, names)
     else:
         rows = _rows(args, data, names)
     rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
@@ -345,17 +345,11 @@ def _rows(args: argparse.Namespace, data: GroundingDataModule, names: list[str])
     return rows
 
 
-def split_for_jobs(names: list[str], jobs: int) -> list[list[str]]:
-    """`names` in at most `jobs` groups of about equal training cost: the largest first onto the
-    least loaded group, each model's cost taken as its parameter count at the QVHighlights shape
-    (a baseline costs nothing). Empty groups are left out."""
-    shape = (SPEED_SHAPE.video_dim, SPEED_SHAPE.text_dim)
-    cost = {
-        name: sum(p.numel() for p in build_model(name, *shape, **_config(name)["hparams"]).parameters())
-        for name in names
-    }
+def split_for_jobs(names: list[str], jobs: int, cost: dict[str, float]) -> list[list[str]]:
+    """`names` in at most `jobs` groups of about equal training cost: the costliest first, each
+    onto the least loaded group (`step_costs` measures them). Empty groups are left out."""
     groups: list[list[str]] = [[] for _ in range(jobs)]
-    load = [0] * jobs
+    load = [0.0] * jobs
     for name in sorted(names, key=lambda n: -cost[n]):
         least = load.index(min(load))
         groups[least].append(name)
@@ -363,7 +357,18 @@ def split_for_jobs(names: list[str], jobs: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def _rows_from_jobs(args: argparse.Namespace, names: list[str]) -> list[dict]:
+def step_costs(names: list[str], data: GroundingDataModule) -> dict[str, float]:
+    """CPU seconds of one training step of each model on `data`'s training split at the zoo's
+    batch (3 steps after 1 warm-up, `ground.bench.measure_model`); 0 for a baseline."""
+    split = data.load("train")
+    return {
+        name: measure_model(name, data, split, batch_size=16, steps=3, warmup=1).step_cpu_sec
+        if name in trainable_models() else 0.0
+        for name in names
+    }
+
+
+def _rows_from_jobs(args: argparse.Namespace, data: GroundingDataModule, names: list[str]) -> list[dict]:
     """Run `python -m ground zoo` on each group of `split_for_jobs` at once (each writes its rows
     with ``--rows-out`` and nothing else), wait for all, and return their rows.
 
@@ -375,7 +380,7 @@ def _rows_from_jobs(args: argparse.Namespace, names: list[str]) -> list[dict]:
     out_dir = args.run_dir / "jobs"
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
-    for i, group in enumerate(split_for_jobs(names, args.jobs)):
+    for i, group in enumerate(split_for_jobs(names, args.jobs, step_costs(names, data))):
         rows_out = out_dir / f"rows{i}.json"
         rows_out.unlink(missing_ok=True)
         cmd = [
