@@ -8,6 +8,7 @@ cache, the hyperparameters from ``ground/configs/model/<name>.yaml``. See docs/a
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,6 +59,34 @@ def get_model_class(name: str) -> type[nn.Module]:
     return _MODELS[name]
 
 
+def _numbers(value: Any) -> list[Any]:
+    """`value` and, inside lists and tuples, every item, flattened."""
+    if isinstance(value, (list, tuple)):
+        return [item for part in value for item in _numbers(part)]
+    return [value]
+
+
+def check_hyperparameter_values(name: str, hparams: dict[str, Any]) -> None:
+    """The checks every network's arguments share, by the registry's naming convention
+    (docs/adding_a_model.md), before the constructor runs:
+
+    - no value is NaN (nor any item of a list);
+    - ``*_weight`` (a loss weight) is a finite real number >= 0;
+    - ``*iou_threshold`` (an NMS threshold) is a real number in [0, 1].
+
+    Raises:
+        ModelConfigError: naming the model, the key and the value.
+    """
+    for key, value in hparams.items():
+        if any(isinstance(v, float) and math.isnan(v) for v in _numbers(value)):
+            raise ModelConfigError(f"model {name}: {key} is NaN ({value!r})")
+        real = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key.endswith("_weight") and not (real and math.isfinite(value) and value >= 0):
+            raise ModelConfigError(f"model {name}: {key} must be a number >= 0, got {value!r}")
+        if key.endswith("iou_threshold") and not (real and 0.0 <= value <= 1.0):
+            raise ModelConfigError(f"model {name}: {key} must be a number in [0, 1], got {value!r}")
+
+
 def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.Module:
     """Build the network registered as ``name`` for the given feature dims.
 
@@ -70,8 +99,9 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
 
     Raises:
         UnknownModelError: (a ``KeyError``) an unknown ``name``.
-        ModelConfigError: an argument the constructor does not take, a missing one, or a value
-            it refuses or cannot build a layer from (``ValueError``, ``TypeError``, a division by
+        ModelConfigError: an argument the constructor does not take, a missing one, a value
+            `check_hyperparameter_values` refuses, or one the constructor refuses or cannot
+            build a layer from (``ValueError``, ``TypeError``, a division by
             zero, torch's ``RuntimeError`` for a negative size); one line naming the model.
     """
     cls = get_model_class(name)
@@ -83,6 +113,7 @@ def build_model(name: str, video_dim: int, text_dim: int, **hparams: Any) -> nn.
         raise ModelConfigError(
             f"model {name}: {err}; its hyperparameters are: {', '.join(known)}"
         ) from err
+    check_hyperparameter_values(name, hparams)
     try:
         return cls(**kwargs)
     # A refused value, one of the wrong type, or one torch cannot build a layer from (a zero head

@@ -224,6 +224,10 @@ class CapsuleNet(nn.Module):
             raise ValueError(f"capsule: kernel_sizes must be odd and positive, got {kernel_sizes}")
         if routing_iterations < 1:
             raise ValueError(f"capsule: routing_iterations must be >= 1, got {routing_iterations}")
+        if branch_dim < 1 or capsule_dim < 1:
+            raise ValueError(
+                f"capsule: branch_dim and capsule_dim must be >= 1, got {branch_dim} and {capsule_dim}"
+            )
         if boundary_sigma_fraction <= 0:
             raise ValueError(
                 f"capsule: boundary_sigma_fraction must be positive, got {boundary_sigma_fraction}"

@@ -208,6 +208,9 @@ class SpanNet(nn.Module):
             raise ValueError(
                 f"span: presence_negative_fraction must be in (0, 1], got {presence_negative_fraction}"
             )
+        whole = [isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in conv_dilations]
+        if not whole or not all(whole):
+            raise ValueError(f"span: conv_dilations must be whole numbers >= 1, got {conv_dilations}")
         if boundary_sigma_clips <= 0:
             raise ValueError(f"span: boundary_sigma_clips must be positive, got {boundary_sigma_clips}")
         self.video_dim = video_dim

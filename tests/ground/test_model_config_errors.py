@@ -105,3 +105,31 @@ def test_an_unknown_model_name_is_one_line_listing_the_models(
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "unknown model 'spam'; available models: capsule, " in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "expected"),
+    [
+        ("span", "start_end_weight", -1.0, "start_end_weight must be a number >= 0, got -1.0"),
+        ("capsule", "alignment_weight", "2", "alignment_weight must be a number >= 0, got '2'"),
+        ("ianet", "boundary_weight", True, "boundary_weight must be a number >= 0, got True"),
+        ("localglobal", "segment_weight", float("inf"), "segment_weight must be a number >= 0, got inf"),
+        ("span", "nms_iou_threshold", 5.0, r"nms_iou_threshold must be a number in \[0, 1\], got 5.0"),
+        ("capsule", "nms_iou_threshold", -0.1, r"nms_iou_threshold must be a number in \[0, 1\]"),
+        ("span", "boundary_sigma_clips", float("nan"), "boundary_sigma_clips is NaN"),
+        ("regress", "position_scale", float("nan"), "position_scale is NaN"),
+        ("regress", "topk_shifts", [0.0, float("nan")], "topk_shifts is NaN"),
+        ("span", "conv_dilations", [1, 0], r"conv_dilations must be whole numbers >= 1, got \[1, 0\]"),
+        ("regress", "num_layers", 0, "num_layers and feedforward_dim must be >= 1"),
+        ("regress", "feedforward_dim", 0, "num_layers and feedforward_dim must be >= 1"),
+        ("capsule", "branch_dim", 0, "branch_dim and capsule_dim must be >= 1"),
+        ("capsule", "capsule_dim", 0, "branch_dim and capsule_dim must be >= 1"),
+    ],
+)
+def test_values_that_would_fail_at_the_first_step_are_refused_at_build(
+    name: str, key: str, value: object, expected: str
+) -> None:
+    """Each of these built a network that failed (or gave a NaN loss) only at its first forward,
+    training step or validation: now `build_model` refuses it in one line."""
+    with pytest.raises(ModelConfigError, match=rf"^model {name}: .*{expected}"):
+        build_model(name, video_dim=8, text_dim=8, **{key: value})
