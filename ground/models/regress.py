@@ -9,7 +9,9 @@ window (``pooling: mean``). Trained with EIoU (1 - IoU + centre term + width ter
 Two changes for real-shaped data (docs/models.md, regress): each frame also gets the `probe`'s
 clip-query score (``clip_evidence``), and by default (``pooling: attention``) the frames are
 pooled by their probability of lying inside the moment, and the regressor corrects the window
-those probabilities describe rather than reading the edges from a mean.
+those probabilities describe rather than reading the edges from a mean. Those probabilities also
+get their own clip cross-entropy (``inside_weight``): through the window alone they learned too
+slowly for a small training set.
 
 Normalized coordinates are fractions of the *observed span*: from the start of the first real
 clip to the end of the last one. For a whole video that is [0, duration] (the notebook's
@@ -35,6 +37,8 @@ from ground.models.blocks import (
     Predictions,
     Projection,
     check_batch,
+    clip_window_bce,
+    clips_in_windows,
     eiou_loss,
     longest_window,
     masked_mean,
@@ -103,6 +107,7 @@ class RegressNet(nn.Module):
         clip_evidence: bool = True,
         evidence_weight: float = 1.0,
         pooling: str = "attention",
+        inside_weight: float = 0.0,
     ) -> None:
         """Build the network.
 
@@ -131,6 +136,11 @@ class RegressNet(nn.Module):
                 ``clip_evidence``), normalised over the frames, weighs the frames; the regressor
                 reads their weighted mean and the weights' mean and spread of position, and
                 outputs a correction of the window that mean and spread describe.
+            inside_weight: with ``pooling: attention``, weight of a clip cross-entropy between
+                the pooling's inside-the-moment logits and the clips inside the target window
+                (0: the weights learn only through the regressed window, as before). It tells the
+                pooling where the moment lies at every clip, not only through the window's EIoU
+                + L1 (docs/models.md, regress).
         """
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 2:
@@ -141,6 +151,11 @@ class RegressNet(nn.Module):
             raise ValueError(f"regress: topk_shifts must start with 0.0, got {topk_shifts}")
         if not topk_scales or topk_scales[0] != 1.0 or min(topk_scales) <= 0:
             raise ValueError(f"regress: topk_scales must start with 1.0 and be positive, got {topk_scales}")
+        if num_layers < 1 or feedforward_dim < 1:
+            raise ValueError(
+                "regress: num_layers and feedforward_dim must be >= 1, "
+                f"got {num_layers} and {feedforward_dim}"
+            )
         if eiou_weight < 0 or l1_weight < 0 or eiou_weight + l1_weight == 0:
             raise ValueError(
                 f"regress: loss weights must be >= 0 and not both 0, got {eiou_weight} and {l1_weight}"
@@ -181,6 +196,7 @@ class RegressNet(nn.Module):
             nn.init.zeros_(self.head[-1].weight)
             nn.init.zeros_(self.head[-1].bias)
         self.evidence_weight = evidence_weight
+        self.inside_weight = inside_weight
         self.evidence = ClipEvidence.optional("regress", clip_evidence, video_dim, text_dim, hidden_dim,
                                               evidence_weight)
 
@@ -191,8 +207,9 @@ class RegressNet(nn.Module):
 
         Returns:
             ``window_norm`` (B, 2) ordered (start, end) in [0, 1] of the observed span,
-            ``span_sec`` (B, 2) that span in seconds, and with ``clip_evidence`` ``saliency``
-            (B, T) the evidence logits, ``-inf`` on padding.
+            ``span_sec`` (B, 2) that span in seconds, with ``pooling: attention``
+            ``inside_logits`` (B, T) the pooling's logits (padding included; the loss masks it),
+            and with ``clip_evidence`` ``saliency`` (B, T) the evidence logits, ``-inf`` on padding.
         """
         self._check_batch(batch)
         video_mask, text_mask, timestamps = batch["video_mask"], batch["text_mask"], batch["timestamps"]
@@ -225,16 +242,19 @@ class RegressNet(nn.Module):
             # min/max rather than a sort: both edges get a gradient and start <= end always holds.
             window_norm = torch.stack([raw.amin(dim=-1), raw.amax(dim=-1)], dim=-1)  # (B, 2)
         else:
-            window_norm = self._attended_window(encoded, video_mask, fraction, evidence)
+            window_norm, inside_logits = self._attended_window(encoded, video_mask, fraction, evidence)
         output = {"window_norm": window_norm, "span_sec": span_sec}
+        if self.attention is not None:
+            output["inside_logits"] = inside_logits
         if evidence is not None:
             output["saliency"] = evidence
         return output
 
     def _attended_window(self, encoded: Tensor, video_mask: Tensor, fraction: Tensor,
-                         evidence: Tensor | None) -> Tensor:
+                         evidence: Tensor | None) -> tuple[Tensor, Tensor]:
         """``pooling: attention``: (B, T, D) frames, (B, T) mask, positions in [0, 1] and evidence
-        logits (or None) -> (B, 2) window in [0, 1] of the observed span.
+        logits (or None) -> (B, 2) window in [0, 1] of the observed span, and (B, T) the frames'
+        inside-the-moment logits.
 
         Each frame's probability of lying inside the moment, normalised over the frames, makes
         weights whose mean of position is the moment's centre and whose spread is its width over
@@ -253,7 +273,7 @@ class RegressNet(nn.Module):
         correction = self.head(pooled)  # (B, 2)
         centre = mean + correction[:, :1]
         half = math.sqrt(3.0) * spread * correction[:, 1:].clamp(max=MAX_LOG_SCALE).exp()
-        return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0)
+        return torch.cat([centre - half, centre + half], dim=-1).clamp(0.0, 1.0), logits
 
     def _check_batch(self, batch: dict) -> None:
         check_batch("regress", batch, self.video_dim, self.text_dim)
@@ -267,11 +287,13 @@ class RegressNet(nn.Module):
         beyond the clips (a video whose last clip ends before its duration) cannot be seen.
 
         With ``clip_evidence`` the evidence's clip cross-entropy (``evidence``) is added, times
-        ``evidence_weight``.
+        ``evidence_weight``; with attention pooling and ``inside_weight`` > 0, the pooling logits'
+        clip cross-entropy against the clips inside that same longest window (``inside``), times
+        ``inside_weight``.
 
         Returns:
-            ``loss`` (weighted total), ``eiou``, ``l1``, ``iou`` (mean IoU, for logging only), and
-            with ``clip_evidence`` ``evidence``.
+            ``loss`` (weighted total), ``eiou``, ``l1``, ``iou`` (mean IoU, for logging only), with
+            ``clip_evidence`` ``evidence``, and with ``inside_weight`` ``inside``.
         """
         gt_sec = longest_window(batch["windows"], batch["window_mask"], batch["qid"])  # (B, 2)
         span_sec = output["span_sec"]
@@ -283,6 +305,11 @@ class RegressNet(nn.Module):
         iou = temporal_iou(pred.detach()[:, None], gt_norm[:, None])[:, 0, 0].mean()
         total = self.eiou_weight * eiou + self.l1_weight * l1
         parts = {"eiou": eiou, "l1": l1, "iou": iou}
+        if self.inside_weight and "inside_logits" in output:
+            one = torch.ones_like(gt_sec[:, :1], dtype=torch.bool)  # (B, 1)
+            inside = clips_in_windows(batch["timestamps"], gt_sec[:, None], one)  # (B, T)
+            parts["inside"] = clip_window_bce(output["inside_logits"], inside, batch["video_mask"])
+            total = total + self.inside_weight * parts["inside"]
         if "saliency" in output:
             parts["evidence"] = ClipEvidence.loss(output["saliency"], batch)
             total = total + self.evidence_weight * parts["evidence"]

@@ -16,6 +16,8 @@ from test_span import TEXT_DIM, VIDEO_DIM, assert_recall_at_1, make_batch, plant
 
 from cache_schema.fake import write_fake_cache
 from ground.cli import main as ground_main
+from ground.errors import ModelConfigError
+from ground.models import build_model
 from ground.models.regress import MIN_SPAN_SEC, RegressNet, observed_span
 
 CONFIG = Path(__file__).resolve().parents[2] / "ground" / "configs" / "model" / "regress.yaml"
@@ -94,6 +96,34 @@ def test_regress_loss_by_hand(offset_sec: float) -> None:
     assert losses["loss"].item() == pytest.approx(0.44 + 0.1, rel=1e-4)
     weighted = tiny_regress(eiou_weight=2.0, l1_weight=0.5).loss(output, batch)["loss"]
     assert weighted.item() == pytest.approx(2 * 0.44 + 0.5 * 0.1, rel=1e-4)
+
+
+def test_the_pooling_logits_clip_loss_by_hand() -> None:
+    """`inside_weight`: cross-entropy of the pooling logits against the clips inside the longest window."""
+    batch = one_window_batch(10, (2.0, 6.0))
+    batch["windows"][0, 1] = torch.tensor([7.0, 8.0])  # shorter: not the target, so its clip is "outside"
+    batch["window_mask"][0, 1] = True
+    inside = torch.tensor([[False, False, True, True, True, True, False, False, False, False]])
+    output = {
+        "window_norm": torch.tensor([[0.2, 0.6]]),  # the target itself: EIoU and L1 are 0
+        "span_sec": observed_span(batch["timestamps"], batch["video_mask"]),
+        "inside_logits": torch.where(inside, 2.0, -2.0),
+    }
+    losses = tiny_regress(inside_weight=0.5).loss(output, batch)
+    assert losses["inside"].item() == pytest.approx(math.log1p(math.exp(-2.0)), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(0.5 * math.log1p(math.exp(-2.0)), abs=1e-5)
+    assert "inside" not in tiny_regress().loss(output, batch)  # inside_weight 0: the design's loss
+    with pytest.raises(ModelConfigError, match="model regress: inside_weight must be a number >= 0"):
+        build_model("regress", VIDEO_DIM, TEXT_DIM, inside_weight=-1.0)
+
+
+def test_the_pooling_logits_get_their_clip_loss_through_forward() -> None:
+    model = tiny_regress(inside_weight=1.0)
+    batch = one_window_batch(10, (2.0, 6.0))
+    output = model(batch)
+    assert output["inside_logits"].shape == (1, 10)
+    model.loss(output, batch)["inside"].backward()
+    assert model.attention.weight.grad.abs().sum() > 0
 
 
 def test_regress_loss_uses_the_longest_window_and_names_a_query_without_one() -> None:
