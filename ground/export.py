@@ -423,10 +423,20 @@ def _input_names_in_file(fmt: Format, out: Path) -> list[str]:
     return list(INPUT_NAMES)
 
 
+def max_opset() -> int:
+    """The newest ONNX opset torch's TorchScript-based exporter (``dynamo=False``) writes."""
+    from torch.onnx import _constants
+
+    return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
 def check_opset(fmt: Format, opset: int) -> None:
-    """Raises ValueError for an ONNX opset below `MIN_OPSET` (the exported attention needs it)."""
+    """Raises ValueError for an ONNX opset below `MIN_OPSET` (the exported attention needs it) or
+    above what the exporter writes (`max_opset`)."""
     if fmt == "onnx" and opset < MIN_OPSET:
         raise ValueError(f"--opset {opset}: the exported attention needs opset {MIN_OPSET} or later")
+    if fmt == "onnx" and opset > max_opset():
+        raise ValueError(f"--opset {opset}: this torch exports ONNX opsets {MIN_OPSET} to {max_opset()}")
 
 
 def export_module(module: GroundingModule, out: str | Path, fmt: Format, opset: int = DEFAULT_OPSET) -> dict:
@@ -592,7 +602,7 @@ def export_main(argv: list[str] | None = None) -> int:
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
-        help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})",
+        help=f"ONNX opset, {MIN_OPSET} to {max_opset()} (default {DEFAULT_OPSET})",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     out = args.out or default_output(args.ckpt, args.format)

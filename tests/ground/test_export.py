@@ -24,6 +24,7 @@ from ground.export import (
     export_main,
     export_module,
     load_module,
+    max_opset,
     sidecar_path,
 )
 from ground.models import trainable_models
@@ -213,10 +214,16 @@ def test_out_equal_to_the_checkpoint_and_a_low_opset_are_one_line_refusals(
     ckpt: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = ckpt.read_bytes()
-    for argv in (["--format", "torchscript", "--out", str(ckpt)], ["--format", "onnx", "--opset", "13"]):
+    for argv in (
+        ["--format", "torchscript", "--out", str(ckpt)],
+        ["--format", "onnx", "--opset", "13"],
+        ["--format", "onnx", "--opset", "99"],  # torch's exporter printed its IR, then a traceback
+    ):
         with pytest.raises(SystemExit) as stopped:
             export_main(["--ckpt", str(ckpt), *argv])
         assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "is the checkpoint itself" in err and "opset 14 or later" in err and "Traceback" not in err
+    assert f"--opset 99: this torch exports ONNX opsets 14 to {max_opset()}" in err
+    assert len(err.splitlines()) < 20
     assert ckpt.read_bytes() == before
