@@ -381,11 +381,12 @@ def _rows_from_jobs(args: argparse.Namespace, data: GroundingDataModule, names: 
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, group in enumerate(split_for_jobs(names, args.jobs, step_costs(names, data))):
-        rows_out = out_dir / f"rows{i}.json"
+        rows_out = (out_dir / f"rows{i}.json").resolve()
         rows_out.unlink(missing_ok=True)
-        cmd = [
-            sys.executable, "-m", "ground", "zoo", "--cache", str(args.cache), "--epochs", str(args.epochs),
-            "--lr", str(args.lr), "--seeds", str(args.seeds), "--run-dir", str(args.run_dir),
+        cmd = [  # absolute paths: the jobs run in the repository, the caller may be elsewhere
+            sys.executable, "-m", "ground", "zoo", "--cache", str(args.cache.resolve()),
+            "--epochs", str(args.epochs), "--lr", str(args.lr), "--seeds", str(args.seeds),
+            "--run-dir", str(args.run_dir.resolve()),
             "--no-write", "--rows-out", str(rows_out), "--models", *group,
             *(["--no-speed"] if args.no_speed else []),
         ]

@@ -4,7 +4,8 @@ In one temporary folder: synthetic extract -> `cache_schema validate` / `inspect
 (LightningCLI) -> `ground test --ckpt_path` -> `ground predict --out` -> `ground eval
 --submission` -> `ground ground-video` (a raw mp4 and a cached id) -> `ground export` (onnx,
 torchscript) -> `ground report` -> `ground serve` (POST /ground, GET /videos) ->
-`calibrate-presence`. Every consumer runs on the checkpoint of `ground fit` and on the one of
+`calibrate-presence`; and `make zoo`'s own chain (the zoo's extract config -> `ground zoo
+--jobs 2`). Every consumer runs on the checkpoint of `ground fit` and on the one of
 `ground demo`, so both checkpoint writers feed every reader. A `ground fit` on two processes
 (DDP, gloo) writes a checkpoint that `ground validate` on one process scores as the two did.
 Settings are tiny (10 videos, 2 epochs, a 32-wide `span`); the unit tests of each command live
@@ -602,3 +603,52 @@ def test_a_two_process_fit_validates_like_one_process(
     assert alone.keys() == during_fit.keys()
     for key, value in during_fit.items():
         assert alone[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+def test_make_zoo_on_the_zoo_set(workdir: Path, annotations: list[dict]) -> None:
+    """`make zoo`'s own chain: extract/configs/synthetic_zoo.yaml (the demo's videos and splits plus
+    test-only videos) -> `ground zoo --jobs 2` -> one table of every model and a margin note."""
+    run(
+        workdir,
+        "extract",
+        "--config",
+        str(REPO / "extract" / "configs" / "synthetic_zoo.yaml"),
+        "--synthetic.n_videos",
+        str(N_VIDEOS),
+        "--synthetic.extra_test_videos",
+        "3",
+        "--num_workers",
+        "0",
+    )
+    zoo_rows = [
+        json.loads(line)
+        for line in (workdir / "data" / "synthetic_zoo" / "annotations.jsonl").read_text().splitlines()
+    ]
+    # The first N_VIDEOS videos are the demo set's, in the same splits; the extras only add test queries.
+    assert zoo_rows[: len(annotations)] == annotations
+    assert {row["split"] for row in zoo_rows[len(annotations):]} == {"test"}
+    result = run(
+        workdir,
+        "ground",
+        "zoo",
+        "--cache",
+        "data/synthetic_zoo/cache.h5",
+        "--models",
+        "probe",
+        "zeroshot",
+        "--epochs",
+        "1",
+        "--jobs",
+        "2",
+        "--no-speed",
+        "--no-write",
+        "--run-dir",
+        "runs/zoo",
+        "--rows-out",
+        "runs/zoo/rows.json",
+    )
+    rows = json.loads((workdir / "runs" / "zoo" / "rows.json").read_text())
+    assert sorted(r["model"] for r in rows) == ["probe", "zeroshot"]
+    assert "| probe |" in result.stdout and "| zeroshot (baseline) |" in result.stdout
+    test_queries = sum(row["split"] == "test" for row in zoo_rows)
+    assert f"on {test_queries} test queries the standard error" in result.stdout
