@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -282,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "zoo")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--no-speed", action="store_true", help="leave the samples/s column empty")
-    parser.add_argument("--seeds", type=int, default=1, help="train and test every model from seeds 0..N-1")
     parser.add_argument(
-        "--jobs", type=int, default=1,
-        help="train the models in N processes at once (one torch thread each), then write one table",
+        "--seeds", type=int, default=3, help="train and test every model from seeds 0..N-1 (default 3)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=default_jobs(),
+        help="train the models in N processes at once (one torch thread each), then write one table "
+        f"(default: this machine's cores, at most {MAX_JOBS}: {default_jobs()})",
     )
     parser.add_argument("--rows-out", type=Path, default=None, help="also write the rows (json) here")
     args = parser.parse_args(argv)
@@ -345,6 +349,14 @@ def _rows(args: argparse.Namespace, data: GroundingDataModule, names: list[str])
     return rows
 
 
+MAX_JOBS = 4
+
+
+def default_jobs() -> int:
+    """The cores this process may run on, at most `MAX_JOBS`: one single-threaded job per core."""
+    return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
+
+
 def split_for_jobs(names: list[str], jobs: int, cost: dict[str, float]) -> list[list[str]]:
     """`names` in at most `jobs` groups of about equal training cost: the costliest first, each
     onto the least loaded group (`step_costs` measures them). Empty groups are left out."""
@@ -386,7 +398,7 @@ def _rows_from_jobs(args: argparse.Namespace, data: GroundingDataModule, names: 
         cmd = [  # absolute paths: the jobs run in the repository, the caller may be elsewhere
             sys.executable, "-m", "ground", "zoo", "--cache", str(args.cache.resolve()),
             "--epochs", str(args.epochs), "--lr", str(args.lr), "--seeds", str(args.seeds),
-            "--run-dir", str(args.run_dir.resolve()),
+            "--run-dir", str(args.run_dir.resolve()), "--jobs", "1",
             "--no-write", "--rows-out", str(rows_out), "--models", *group,
             *(["--no-speed"] if args.no_speed else []),
         ]

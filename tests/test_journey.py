@@ -640,6 +640,8 @@ def test_make_zoo_on_the_zoo_set(workdir: Path, annotations: list[dict]) -> None
         "1",
         "--jobs",
         "2",
+        "--seeds",
+        "1",
         "--no-speed",
         "--no-write",
         "--run-dir",

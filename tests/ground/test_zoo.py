@@ -123,7 +123,7 @@ def test_zoo_in_two_jobs_writes_one_table_of_every_model(
     rows_out = tmp_path / "rows.json"
     code = zoo.main([
         "--cache", str(cache), "--models", "probe", "span", "random", "prior", "--epochs", "1",
-        "--jobs", "2", "--no-speed", "--no-write", "--run-dir", str(tmp_path / "runs"),
+        "--jobs", "2", "--seeds", "1", "--no-speed", "--no-write", "--run-dir", str(tmp_path / "runs"),
         "--rows-out", str(rows_out),
     ])
     assert code == 0
