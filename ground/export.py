@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ground.errors import CheckpointError
 from ground.module import GroundingModule, load_checkpoint
 
 Format = Literal["onnx", "torchscript"]
@@ -84,8 +85,21 @@ class ExportError(RuntimeError):
 
 
 def load_module(ckpt: str | Path) -> GroundingModule:
-    """Load a `GroundingModule` checkpoint on the CPU, in eval mode (`ground.module.load_checkpoint`)."""
-    return load_checkpoint(ckpt, device="cpu")
+    """Load a `GroundingModule` checkpoint on the CPU, in eval mode (`ground.module.load_checkpoint`).
+
+    Raises:
+        FileNotFoundError, CheckpointError: as `load_checkpoint`.
+        CheckpointError: the checkpoint has no encoder record, so the sidecar could not say which
+            features the exported network reads (`Grounder.from_checkpoint` refuses it too).
+    """
+    module = load_checkpoint(ckpt, device="cpu")
+    if not module.encoder_record:
+        raise CheckpointError(
+            ckpt,
+            "no encoder record (checkpoint['groundcache']['encoders']); an export must name the "
+            "features its network reads, so train it on a cache with `python -m ground fit`",
+        )
+    return module
 
 
 def example_inputs(

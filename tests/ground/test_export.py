@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from cache_schema.fake import write_fake_cache
 from ground.data import GroundingDataModule
+from ground.errors import CheckpointError
 from ground.export import (
     CHECK_SIZES,
     INPUT_NAMES,
@@ -167,6 +168,11 @@ def test_bad_arguments(ckpt: Path, tmp_path: Path) -> None:
         export_module(load_module(ckpt), tmp_path / "m.onnx", "onnx", opset=11)
     with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
         load_module(tmp_path / "missing.ckpt")
+    checkpoint = torch.load(ckpt, weights_only=True)
+    checkpoint["groundcache"]["encoders"] = None  # saved by a module that never saw a cache
+    torch.save(checkpoint, tmp_path / "unrecorded.ckpt")
+    with pytest.raises(CheckpointError, match=r"unrecorded\.ckpt: no encoder record .*an export must name"):
+        load_module(tmp_path / "unrecorded.ckpt")
 
 
 # Small networks of every trainable model, so the export of each is checked quickly.
