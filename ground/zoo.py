@@ -62,18 +62,18 @@ ZOO_CACHE = REPO / "data" / "synthetic_zoo" / "cache.h5"
 
 
 def ensure_zoo_cache() -> Path:
-    """`ZOO_CACHE`, extracted by the public command (`python -m extract --config ZOO_EXTRACT`, which
-    generates the videos first) when it does not exist. Runs as a subprocess: `ground` never imports
-    `extract`.
+    """`ZOO_CACHE`, brought up to date by the public command (`python -m extract --config
+    ZOO_EXTRACT`, which generates the videos first when they are missing). Extraction resumes, so
+    a complete cache costs about ten seconds and an interrupted one is finished rather than read
+    with videos missing. Runs as a subprocess: `ground` never imports `extract`.
 
     Raises:
         SystemExit: the extraction failed (its own output says why).
     """
-    if not ZOO_CACHE.exists():
-        cmd = [sys.executable, "-m", "extract", "--config", str(ZOO_EXTRACT)]
-        print(" ".join(cmd), flush=True)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
-            raise SystemExit(f"error: extracting {ZOO_CACHE} failed; see the lines above")
+    cmd = [sys.executable, "-m", "extract", "--config", str(ZOO_EXTRACT)]
+    print(" ".join(cmd), flush=True)
+    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        raise SystemExit(f"error: extracting {ZOO_CACHE} failed; see the lines above")
     return ZOO_CACHE
 
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ground zoo", description=__doc__)
     parser.add_argument(
         "--cache", type=Path, default=None,
-        help=f"default: {ZOO_CACHE.relative_to(REPO)}, extracted by {ZOO_EXTRACT.name} when missing",
+        help=f"default: {ZOO_CACHE.relative_to(REPO)}, extracted (or completed) by {ZOO_EXTRACT.name}",
     )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3)
