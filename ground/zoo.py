@@ -292,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(default: this machine's cores, at most {MAX_JOBS}: {default_jobs()})",
     )
     parser.add_argument("--rows-out", type=Path, default=None, help="also write the rows (json) here")
+    parser.add_argument(
+        "--update", action="store_true",
+        help="train only --models and keep the other rows of RUN_DIR/zoo.json (same cache, epochs and seeds)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -307,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(list_models()))
     if unknown:
         parser.error(f"unknown models {unknown}; available: {', '.join(list_models())}")
+    kept = kept_rows(args.run_dir / "zoo.json", names, args) if args.update else []
     if args.jobs > 1:
         rows = _rows_from_jobs(args, data, names)
     else:
         rows = _rows(args, data, names)
+    rows = kept + [{**r, "cache": str(args.cache.resolve())} for r in rows]
     rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
     if args.rows_out is not None:
         args.rows_out.parent.mkdir(parents=True, exist_ok=True)
@@ -355,6 +361,28 @@ MAX_JOBS = 4
 def default_jobs() -> int:
     """The cores this process may run on, at most `MAX_JOBS`: one single-threaded job per core."""
     return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
+
+
+def kept_rows(stored: Path, names: list[str], args: argparse.Namespace) -> list[dict]:
+    """``--update``: the rows of `stored` (a previous run's zoo.json) of every model not in `names`.
+
+    Raises:
+        SystemExit: no stored rows, or rows of another cache, epoch count or seed count (a table
+            mixing them would compare unlike runs).
+    """
+    if not stored.exists():
+        raise SystemExit(f"error: --update: {stored} does not exist; run `make zoo` once without it")
+    rows = json.loads(stored.read_text())
+    cache = str(args.cache.resolve())
+    for r in rows:
+        if r.get("cache", cache) != cache:
+            raise SystemExit(f"error: --update: {stored} holds {r['model']} on {r['cache']}, not on {cache}")
+        if r["trainable"] and (r["epochs"] != args.epochs or r["seeds"] != args.seeds):
+            raise SystemExit(
+                f"error: --update: {stored} holds {r['model']} at {r['epochs']} epochs and {r['seeds']} "
+                f"seeds, not {args.epochs} and {args.seeds}"
+            )
+    return [r for r in rows if r["model"] not in names]
 
 
 def split_for_jobs(names: list[str], jobs: int, cost: dict[str, float]) -> list[list[str]]:

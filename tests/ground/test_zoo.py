@@ -131,3 +131,22 @@ def test_zoo_in_two_jobs_writes_one_table_of_every_model(
     assert sorted(r["model"] for r in rows) == ["prior", "probe", "random", "span"]
     out = capsys.readouterr().out
     assert "| span |" in out and "| probe |" in out and "| prior (baseline) |" in out
+
+
+def test_update_retrains_only_the_named_models_and_keeps_the_other_rows(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    write_fake_cache(cache, n_videos=12, queries_per_video=1, duration_range_sec=(20.0, 30.0), seed=5)
+    run_dir = tmp_path / "runs"
+    common = ["--cache", str(cache), "--epochs", "1", "--seeds", "1", "--jobs", "1", "--no-speed",
+              "--no-write", "--run-dir", str(run_dir), "--rows-out", str(run_dir / "zoo.json")]  # fmt: skip
+    assert zoo.main([*common, "--models", "probe", "random"]) == 0
+    first = {r["model"]: r for r in json.loads((run_dir / "zoo.json").read_text())}
+    assert zoo.main([*common, "--models", "probe", "--update", "--lr", "0.01"]) == 0
+    second = {r["model"]: r for r in json.loads((run_dir / "zoo.json").read_text())}
+    assert second.keys() == {"probe", "random"}
+    assert second["random"] == first["random"]  # kept as stored
+    assert second["probe"]["train_sec"] != first["probe"]["train_sec"]  # trained again
+    with pytest.raises(SystemExit, match="at 1 epochs and 1 seeds, not 1 and 2"):
+        zoo.main([*common[:4], "--seeds", "2", *common[6:], "--models", "random", "--update"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        zoo.main([*common[:-4], "--run-dir", str(tmp_path / "empty"), "--models", "probe", "--update"])
