@@ -285,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--extra-test-videos", type=int, default=0, help="videos added after the N to the test split only"
     )
     args = parser.parse_args(argv)
+    if args.n_videos < 3:
+        parser.error(f"--n-videos must be >= 3 so that train/val/test are non-empty, got {args.n_videos}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.extra_test_videos < 0:
         parser.error(f"--extra-test-videos must be >= 0, got {args.extra_test_videos}")
     annotations = generate_synthetic(

@@ -521,11 +521,14 @@ def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             ``state_dict`` mapping.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise CheckpointError(path, "is not a file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    # A text file read as an old-style pickle fails in the unpickler with a KeyError or an IndexError.
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
         # torch's text spans many lines and advises loading untrusted code; one line instead.
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if found:

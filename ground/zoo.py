@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    if args.rows_out is not None and (args.rows_out.is_dir() or not _writable_parent(args.rows_out)):
+        parser.error(f"--rows-out {args.rows_out}: cannot write a file there")
     if args.cache is None:
         args.cache = ensure_zoo_cache()
     if not args.cache.exists():
@@ -319,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = kept + [{**r, "cache": str(args.cache.resolve())} for r in rows]
     rows.sort(key=lambda r: (not r["trainable"], -r.get("MR-full-R1@0.5", 0.0)))
     if args.rows_out is not None:
-        args.rows_out.parent.mkdir(parents=True, exist_ok=True)
-        args.rows_out.write_text(json.dumps(rows, indent=2))
+        write_json_atomic(args.rows_out, rows)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = table(rows, args.cache, machine)
     note = margin_note(rows, len(data.load("test")))
@@ -329,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         for path in (REPO / "docs" / "models.md", REPO / "README.md"):
             write_between_markers(path, text)
-        (args.run_dir / "zoo.json").parent.mkdir(parents=True, exist_ok=True)
-        (args.run_dir / "zoo.json").write_text(json.dumps(rows, indent=2))
+        write_json_atomic(args.run_dir / "zoo.json", rows)
     return 0
 
 
@@ -363,6 +367,23 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, len(os.sched_getaffinity(0))))
 
 
+def _writable_parent(path: Path) -> bool:
+    """Whether `path`'s nearest existing ancestor is a writable folder (the rest can be made)."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    """Write `value` as JSON to a temporary file beside `path`, then rename it over `path`: a reader
+    sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2))
+    os.replace(partial, path)
+
+
 def kept_rows(stored: Path, names: list[str], args: argparse.Namespace) -> list[dict]:
     """``--update``: the rows of `stored` (a previous run's zoo.json) of every model not in `names`.
 
@@ -372,7 +393,14 @@ def kept_rows(stored: Path, names: list[str], args: argparse.Namespace) -> list[
     """
     if not stored.exists():
         raise SystemExit(f"error: --update: {stored} does not exist; run `make zoo` once without it")
-    rows = json.loads(stored.read_text())
+    try:
+        rows = json.loads(stored.read_text())
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"model", "trainable", "epochs", "seeds"} <= r.keys() for r in rows
+        ):
+            raise ValueError("not a list of zoo rows")
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise SystemExit(f"error: --update: {stored} is not a zoo.json of `make zoo` ({err})") from err
     cache = str(args.cache.resolve())
     for r in rows:
         if r.get("cache", cache) != cache:

@@ -146,3 +146,11 @@ def test_extra_test_videos_keep_the_smaller_sets_videos_and_splits(tmp_path, twi
     assert extra and {row["split"] for row in extra} == {"test"}
     with pytest.raises(ValueError, match="extra_test_videos must be >= 0"):
         generate_synthetic(tmp_path, n_videos=N_VIDEOS, extra_test_videos=-1)
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--n-videos", "2"], "--n-videos must be >= 3"),
+                                               (["--seed", "-1"], "--seed must be >= 0")])  # fmt: skip
+def test_bad_generator_options_are_usage_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", str(tmp_path / "syn"), *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

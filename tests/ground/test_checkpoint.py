@@ -237,6 +237,7 @@ MALFORMED: dict[str, Callable[[Path, Path], Path]] = {
     "unknown model name": lambda s, t: _rewritten(s, t, lambda c: c["hyper_parameters"].update(name="spam")),
     "a tensor, not a dict": lambda s, t: torch.save(torch.zeros(3), t) or t,
     "truncated": _truncated,
+    "a text file": lambda s, t: (t.write_text("epoch 3: loss 0.25\n" * 20), t)[1],
     "pickled objects": _pickled_object,
 }
 
@@ -293,3 +294,8 @@ def test_predict_with_a_checkpoint_keeps_the_command_lines_top_k(
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     most = max(len(row["pred_relevant_windows"]) for row in rows)
     assert most == (int(top_k) if top_k else 10)  # the checkpoint's (the module's default), or the flag's
+
+
+def test_a_directory_as_checkpoint_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"dir\.ckpt: is not a file"):
+        load_checkpoint((tmp_path / "dir.ckpt").mkdir() or tmp_path / "dir.ckpt")

@@ -150,3 +150,28 @@ def test_update_retrains_only_the_named_models_and_keeps_the_other_rows(tmp_path
         zoo.main([*common[:4], "--seeds", "2", *common[6:], "--models", "random", "--update"])
     with pytest.raises(SystemExit, match="does not exist"):
         zoo.main([*common[:-4], "--run-dir", str(tmp_path / "empty"), "--models", "probe", "--update"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--epochs", "0"], "--epochs must be >= 1"), (["--lr", "-1"], "--lr must be > 0"),
+     (["--rows-out", "{tmp}/a_file/rows.json"], "a_file/rows.json: cannot write a file there")],
+)  # fmt: skip
+def test_bad_zoo_options_are_usage_errors_before_any_training(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "a_file").write_text("")  # a file where --rows-out needs a folder
+    with pytest.raises(SystemExit) as stopped:
+        zoo.main(["--cache", str(tmp_path / "none.h5"), *[a.format(tmp=tmp_path) for a in argv]])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stored", ['[{"model": "span"', '{"a": 1}', '[{"model": "span"}]'])
+def test_update_refuses_a_zoo_json_it_cannot_read(stored: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.h5"
+    write_fake_cache(cache, n_videos=12, queries_per_video=1, duration_range_sec=(20.0, 30.0), seed=5)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "zoo.json").write_text(stored)
+    with pytest.raises(SystemExit, match="is not a zoo.json of `make zoo`"):
+        zoo.main(["--cache", str(cache), "--run-dir", str(tmp_path / "runs"), "--models", "random",
+                  "--update", "--no-write", "--no-speed", "--jobs", "1"])  # fmt: skip
