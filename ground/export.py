@@ -50,8 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ground.errors import CheckpointError
-from ground.module import GroundingModule, load_checkpoint
+from ground.module import GroundingModule, load_checkpoint, require_encoder_record
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -93,12 +92,10 @@ def load_module(ckpt: str | Path) -> GroundingModule:
             features the exported network reads (`Grounder.from_checkpoint` refuses it too).
     """
     module = load_checkpoint(ckpt, device="cpu")
-    if not module.encoder_record:
-        raise CheckpointError(
-            ckpt,
-            "no encoder record (checkpoint['groundcache']['encoders']); an export must name the "
-            "features its network reads, so train it on a cache with `python -m ground fit`",
-        )
+    require_encoder_record(
+        module, ckpt, "an export must name the features its network reads, so train it on a cache "
+        "with `python -m ground fit`",
+    )
     return module
 
 

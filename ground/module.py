@@ -547,6 +547,18 @@ def read_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     return checkpoint
 
 
+def require_encoder_record(module: GroundingModule, path: str | os.PathLike, why: str) -> dict:
+    """The encoder record of a loaded checkpoint, which its consumers (`Grounder`, export) need to
+    name the features the network reads.
+
+    Raises:
+        CheckpointError: ``no encoder record (...); <why>``, naming `path`.
+    """
+    if not module.encoder_record:
+        raise CheckpointError(path, f"no encoder record (checkpoint['groundcache']['encoders']); {why}")
+    return module.encoder_record
+
+
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> GroundingModule:
     """Rebuild a `GroundingModule` from a checkpoint, in eval mode on `device`.
 

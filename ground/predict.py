@@ -44,14 +44,13 @@ from cache_schema.errors import GroundcacheError
 from ground.adapter import VisualAdapter
 from ground.data import SplitTensors
 from ground.errors import (
-    CheckpointError,
     EncoderMismatchError,
     GroundingInputError,
     describe_specs,
     same_features,
 )
 from ground.models.blocks import Predictions, temporal_iou
-from ground.module import load_checkpoint, sliding_window_decode
+from ground.module import load_checkpoint, require_encoder_record, sliding_window_decode
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +252,9 @@ class Grounder:
         """
         path = Path(path)
         module = load_checkpoint(path, device=device)
-        encoders = module.encoder_record
-        if not encoders:
-            raise CheckpointError(
-                path,
-                "no encoder record (checkpoint['groundcache']['encoders']); it was not saved by a "
-                "GroundingModule trained on a cache",
-            )
+        encoders = require_encoder_record(
+            module, path, "it was not saved by a GroundingModule trained on a cache"
+        )
         net = module.net
         threshold = UNCALIBRATED_THRESHOLD
         calibration = presence_path(path)
