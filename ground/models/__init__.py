@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ground.errors import ModelConfigError, UnknownModelError
+from ground.models.blocks import check_loss_weight
 
 ModelT = TypeVar("ModelT", bound=type[nn.Module])
 
@@ -80,9 +81,12 @@ def check_hyperparameter_values(name: str, hparams: dict[str, Any]) -> None:
     for key, value in hparams.items():
         if any(isinstance(v, float) and math.isnan(v) for v in _numbers(value)):
             raise ModelConfigError(f"model {name}: {key} is NaN ({value!r})")
+        if key.endswith("_weight"):
+            try:
+                check_loss_weight(name, key, value)
+            except ValueError as err:
+                raise ModelConfigError(f"model {err}") from err
         real = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key.endswith("_weight") and not (real and math.isfinite(value) and value >= 0):
-            raise ModelConfigError(f"model {name}: {key} must be a number >= 0, got {value!r}")
         if key.endswith("iou_threshold") and not (real and 0.0 <= value <= 1.0):
             raise ModelConfigError(f"model {name}: {key} must be a number in [0, 1], got {value!r}")
 

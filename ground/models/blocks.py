@@ -11,6 +11,7 @@ K predicted windows, N / M arbitrary window counts. Masks are True where an entr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,6 +97,17 @@ def check_switch(model: str, key: str, value: object) -> None:
     """
     if not isinstance(value, bool):
         raise ValueError(f"{model}: {key} must be true or false, got {value!r}")
+
+
+def check_loss_weight(model: str, key: str, value: object) -> None:
+    """Refuse a loss weight that is not a finite real number >= 0 (a bool, a string, NaN, inf).
+
+    Raises:
+        ValueError: ``"<model>: <key> must be a number >= 0, got <value>"``.
+    """
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{model}: {key} must be a number >= 0, got {value!r}")
 
 
 def check_batch(model: str, batch: dict, video_dim: int, text_dim: int) -> None:
@@ -399,9 +411,7 @@ class ClipEvidence(nn.Module):
             ValueError naming the model and the value.
         """
         check_switch(model, "clip_evidence", enabled)
-        is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-        if not is_number or weight < 0:
-            raise ValueError(f"{model}: evidence_weight must be a number >= 0, got {weight!r}")
+        check_loss_weight(model, "evidence_weight", weight)
         return cls(video_dim, text_dim, hidden_dim) if enabled else None
 
     def add_to(self, x: Tensor, video: Tensor, video_mask: Tensor, tokens: Tensor, text_mask: Tensor
